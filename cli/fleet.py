@@ -1,0 +1,86 @@
+"""`gpufleet dispatcher` and `gpufleet worker`: the two long-running processes of a fleet."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import click
+
+from dispatcher.connection import connect, mask_url
+from dispatcher.loop import Dispatcher
+from dispatcher.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
+from worker.gpu import PROBE_NAMES
+from worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_worker
+
+from .main import CliState, pass_state
+
+log = logging.getLogger("gpufleet")
+
+
+@click.command()
+@click.option("--policy", type=click.Choice(POLICY_NAMES), default=DEFAULT_POLICY, show_default=True,
+              help="How a node is chosen for each job.")  # fmt: skip
+@click.option("--alpha", type=float, default=None, help="load-aware: weight of GPU utilization (>= 0). Default 0.6.")
+@click.option("--beta", type=float, default=None, help="load-aware: weight of GPU memory use (>= 0). Default 0.3.")
+@click.option("--gamma", type=float, default=None, help="load-aware: constant term (> 0). Default 0.1.")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None,
+              help="Jobs a node may hold beyond its capacity; the rest wait in the ingress. Default 2.")  # fmt: skip
+@click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
+              help="Cap on jobs per node instead of capacity + prefetch; 0 lifts the cap.")  # fmt: skip
+@pass_state
+def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | None, gamma: float | None,
+               prefetch: int | None, max_node_queue: int | None) -> None:  # fmt: skip
+    """Route jobs from the ingress queues to node queues until stopped (Ctrl-C or SIGTERM).
+
+    Reads node heartbeats every ~150 ms and moves jobs in batches with one atomic Lua call.
+    With no live node, jobs wait in the ingress.
+    """
+    settings = state.settings.with_overrides(policy=policy, alpha=alpha, beta=beta, gamma=gamma,
+                                             prefetch=prefetch, max_node_queue=max_node_queue)  # fmt: skip
+    chosen = make_policy(settings.policy, alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma)
+    r = connect(settings.redis_url)
+    stop = _stop_on_signals()
+    log.info("dispatcher started redis=%s policy=%s", mask_url(settings.redis_url), chosen.name)
+    d = Dispatcher(r, settings, chosen)
+    d.run(stop)
+    log.info("dispatcher stopped moved=%d", d.moved_total)
+
+
+@click.command()
+@click.option("--node-id", default=None, help="This node's id (default: the host name).")
+@click.option("--probe", type=click.Choice(PROBE_NAMES), default="nvml", show_default=True,
+              help="GPU figures from NVML, from the CPU (no GPU), or simulated from the worker's busy time.")  # fmt: skip
+@click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Speed of a simulated node: worker.tasks:synthetic runs cost / speed seconds.")  # fmt: skip
+@click.option("--capacity", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Jobs this node runs at once, as reported to the dispatcher.")  # fmt: skip
+@click.option("--weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Static weight for the weighted-round-robin policy.")  # fmt: skip
+@click.option("--allow", multiple=True, metavar="MODULE",
+              help="Module whose functions this worker may run (repeatable). Default: worker.tasks.")  # fmt: skip
+@click.option("--burst", is_flag=True, help="Exit once the node queue is empty.")
+@pass_state
+def worker(state: CliState, node_id: str | None, probe: str, sim_speed: float, capacity: int, weight: float,
+           allow: tuple[str, ...], burst: bool) -> None:  # fmt: skip
+    """Work this node's queue, with a heartbeat, until Ctrl-C or SIGTERM (the running job finishes).
+
+    Jobs run in this process (no fork per job), so a model loaded once stays warm. Only
+    functions of allowed modules run; any other job fails with a clear error.
+    """
+    opts = WorkerOptions(node_id=node_id or default_node_id(), probe=probe, sim_speed=sim_speed,
+                         capacity=capacity, weight=weight, allow=allow or DEFAULT_ALLOW, burst=burst)  # fmt: skip
+    run_worker(state.settings, opts)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop

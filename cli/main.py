@@ -1,0 +1,88 @@
+"""The `gpufleet` command group: shared options, logging, and errors mapped to exit codes."""
+
+from __future__ import annotations
+
+import logging.config
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dispatcher.errors import GpufleetError, JobFileError
+from dispatcher.settings import Settings
+
+EXIT_ERROR = 1  # something the user can fix: the message says what
+EXIT_USAGE = 2  # bad flags or a bad job file: nothing was done
+
+
+class Group(click.Group):
+    """Maps GpufleetError to a message and an exit code: a traceback means a bug in gpufleet."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobFileError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except GpufleetError as e:
+            raise click.ClickException(str(e)) from e
+
+
+def default_log_config(level: str) -> dict[str, Any]:
+    """One line per event, key=value style, on stderr; rq's per-job lines only at DEBUG."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {"rq": {"level": "DEBUG" if level == "DEBUG" else "WARNING"}},
+    }
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--redis-url", envvar="GPUFLEET_REDIS_URL", show_envvar=True, default=None,
+              help="Redis to use (redis://, rediss:// with TLS, unix://); a password in it is never printed. "
+                   "Default: redis://127.0.0.1:6379/0.")  # fmt: skip
+@click.option("--namespace", envvar="GPUFLEET_NAMESPACE", show_envvar=True, default=None,
+              help="Key prefix, so several fleets can share one Redis. Default: gpufleet.")  # fmt: skip
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True, help="How much the long-running commands log to stderr.")  # fmt: skip
+@click.version_option("0.1.0", prog_name="gpufleet")
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, namespace: str | None, log_level: str) -> None:
+    """gpufleet: route AI inference jobs over a fleet of GPU hosts, through Redis.
+
+    Submit a batch with `gpufleet submit jobs.jsonl`, run `gpufleet dispatcher` once and
+    `gpufleet worker` on every GPU host, then read `gpufleet results BATCH`. Try it all on
+    this machine with `gpufleet demo`.
+    """
+    logging.config.dictConfig(default_log_config(log_level.upper()))
+    settings = Settings.from_env(os.environ).with_overrides(redis_url=redis_url, namespace=namespace)
+    ctx.obj = CliState(settings=settings, redis_url_given=redis_url is not None, log_level=log_level.upper())
+
+
+class CliState:
+    """What the group resolved for its subcommands."""
+
+    def __init__(self, settings: Settings, redis_url_given: bool, log_level: str) -> None:
+        self.settings = settings
+        self.redis_url_given = redis_url_given
+        self.log_level = log_level
+
+
+pass_state: Callable[..., Any] = click.make_pass_decorator(CliState)
+
+
+def _register() -> None:
+    from .fleet import dispatcher, worker
+    from .jobs import results, submit
+    from .local import demo, local
+    from .status import status
+
+    for command in (submit, results, status, dispatcher, worker, demo, local):
+        cli.add_command(command)
+
+
+_register()

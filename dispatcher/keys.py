@@ -1,0 +1,74 @@
+"""Every Redis key name gpufleet touches, with its type and owner. Nothing else builds one.
+
+gpufleet's own keys use ':' (`gpufleet:node:a:hb`); rq queue *names* use '.'
+(`gpufleet.node.a`), and rq adds its own prefix for the LIST (`rq:queue:gpufleet.node.a`).
+Fields that gpufleet adds to rq's job HASH are in `JobField`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RQ_QUEUES = "rq:queues"  # SET of rq queue keys; rq lists only the queues found here
+
+PRIORITIES = ("high", "normal", "low")  # ingress order: high is served first
+
+
+class JobField:
+    """Fields gpufleet keeps in rq's job HASH beside rq's own (rq ignores unknown fields)."""
+
+    BATCH = "gf_batch"  # batch id the job belongs to
+    CLIENT_ID = "gf_id"  # the client's own id from the job file ("" when none)
+    PRIORITY = "gf_priority"  # high | normal | low: which ingress the job waits in
+    MODEL = "gf_model"  # model name the job wants warm ("" when none)
+    AFFINITY = "gf_affinity"  # session key for sticky routing ("" when none)
+    GPU_MEM = "gf_gpu_mem"  # GiB of free GPU memory the job needs
+    NODE = "gf_node"  # node the dispatcher routed the job to last
+    ATTEMPTS = "gf_attempts"  # executions started so far
+
+    ROUTING = (MODEL, AFFINITY, GPU_MEM)  # what the dispatcher reads to route a job
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one fleet; several fleets can share a Redis under different namespaces."""
+
+    namespace: str = "gpufleet"
+
+    @property
+    def nodes(self) -> str:  # SET of node ids that ever sent a heartbeat
+        return f"{self.namespace}:nodes"
+
+    def heartbeat(self, node_id: str) -> str:  # HASH, written by worker/heartbeat.py every ~1 s
+        return f"{self.namespace}:node:{node_id}:hb"
+
+    def alive(self, node_id: str) -> str:  # STRING with TTL; expired = node dead
+        return f"{self.namespace}:node:{node_id}:alive"
+
+    def ingress_queue(self, priority: str) -> str:  # rq queue *name* nobody works
+        return f"{self.namespace}.ingress.{priority}"
+
+    def node_queue(self, node_id: str) -> str:  # rq queue *name* worked by that node only
+        return f"{self.namespace}.node.{node_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:  # LIST of job ids in submission order
+        return f"{self.namespace}:batch:{batch_id}:jobs"
+
+    def batch_info(self, batch_id: str) -> str:  # HASH: size, created_at, func
+        return f"{self.namespace}:batch:{batch_id}"
+
+    @property
+    def dispatch_wakeup(self) -> str:  # LIST; submit pushes a token so an idle dispatcher wakes now
+        return f"{self.namespace}:dispatch:wakeup"
+
+    @staticmethod
+    def rq_queue(name: str) -> str:  # LIST of job ids (rq's own key)
+        return f"rq:queue:{name}"
+
+    @staticmethod
+    def rq_job(job_id: str) -> str:  # HASH (rq's own key); `origin` = queue name
+        return f"rq:job:{job_id}"
+
+    @staticmethod
+    def rq_results(job_id: str) -> str:  # STREAM of rq Results, newest last (rq's own key)
+        return f"rq:results:{job_id}"

@@ -1,0 +1,126 @@
+"""The dispatch loop: snapshot nodes -> route a batch of ingress jobs -> move them atomically.
+
+The only loop in the dispatcher. Jobs are read from the head of each ingress (high, then
+normal, then low), routed by the Router over the latest node snapshot plus what this loop
+sent since, and moved with one Lua call per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from redis import Redis
+
+from .keys import PRIORITIES, JobField, Keys
+from .models import JobSpec, NodeState
+from .policies import Policy
+from .router import Router
+from .scripts import Scripts
+from .settings import Settings
+from .snapshot import read_nodes
+
+log = logging.getLogger(__name__)
+
+FULL_FLEET_POLL_S = 0.005  # jobs wait and every node is full: re-read nodes this often
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one dispatch round did."""
+
+    moved: int  # jobs moved to node queues
+    waiting: int  # jobs seen in the ingress that stayed there
+
+
+class Dispatcher:
+    """Moves jobs from the ingress queues to node queues, one routing round at a time."""
+
+    def __init__(
+        self, r: Redis, settings: Settings, policy: Policy, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._r = r
+        self._settings = settings
+        self._keys = Keys(settings.namespace)
+        self._scripts = Scripts(r, self._keys)
+        max_node_queue = None if settings.max_node_queue < 0 else settings.max_node_queue
+        self.router = Router(policy, prefetch=settings.prefetch, max_node_queue=max_node_queue)
+        self._clock = clock
+        self._nodes: list[NodeState] = []
+        self._snapshot_at = float("-inf")
+        self._waiting_for_nodes = False
+        self.moved_total = 0
+
+    def refresh(self) -> list[NodeState]:
+        """Re-read every node's heartbeat, liveness and queue length (one round trip)."""
+        self._nodes = read_nodes(self._r, self._keys)
+        self._snapshot_at = self._clock()
+        return self._nodes
+
+    def dispatch_once(self) -> Round:
+        """One routing round over every priority, high first."""
+        if self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s:
+            self.refresh()
+        moved = waiting = 0
+        for priority in PRIORITIES:
+            ingress = self._keys.ingress_queue(priority)
+            job_ids = [j.decode() for j in self._r.lrange(Keys.rq_queue(ingress), 0, self._settings.dispatch_batch - 1)]
+            if not job_ids:
+                continue
+            moves, self._nodes = self.router.route(self._read_routing(job_ids), self._nodes)
+            done = sum(self._scripts.move_to_nodes(ingress, moves))
+            moved += done
+            waiting += len(job_ids) - len(moves)
+        self.moved_total += moved
+        self._report(moved, waiting)
+        return Round(moved, waiting)
+
+    def _read_routing(self, job_ids: list[str]) -> list[tuple[str, JobSpec]]:
+        with self._r.pipeline(transaction=False) as p:
+            for job_id in job_ids:
+                p.hmget(Keys.rq_job(job_id), *JobField.ROUTING)
+            replies = p.execute()
+        return [(job_id, _routing_spec(fields)) for job_id, fields in zip(job_ids, replies)]
+
+    def _report(self, moved: int, waiting: int) -> None:
+        """One log line when jobs start waiting for want of a live node, and one when nodes are
+        back; a full fleet is normal (late binding) and logs nothing."""
+        no_live_node = bool(waiting) and not any(n.alive and not n.draining for n in self._nodes)
+        if no_live_node and not self._waiting_for_nodes:
+            log.warning("no live node: jobs wait in the ingress waiting>=%d", waiting)
+        elif self._waiting_for_nodes and not no_live_node:
+            log.info("live nodes again, dispatching nodes=%d", sum(n.alive for n in self._nodes))
+        self._waiting_for_nodes = no_live_node
+
+    def run(self, stop: threading.Event) -> None:
+        """Route until `stop` is set; survives Redis outages with one log line per outage."""
+        backoff_s = 0.0
+        while not stop.is_set():
+            try:
+                rnd = self.dispatch_once()
+                if backoff_s:
+                    log.info("redis reachable again, dispatching")
+                    backoff_s = 0.0
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if not backoff_s:
+                    log.error("redis unreachable, retrying with backoff error=%s", e)
+                backoff_s = min(MAX_BACKOFF_S, max(0.1, backoff_s * 2))
+                stop.wait(backoff_s)
+                continue
+            if rnd.moved:
+                continue
+            if rnd.waiting:
+                self._snapshot_at = min(self._snapshot_at, self._clock() - self._settings.snapshot_interval_s)
+                stop.wait(FULL_FLEET_POLL_S)
+            else:
+                self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
+
+
+def _routing_spec(fields: list[bytes | None]) -> JobSpec:
+    model, affinity, gpu_mem = (f.decode() if f else "" for f in fields)
+    return JobSpec(func="", model=model or None, affinity=affinity or None, gpu_mem_gib=float(gpu_mem or 0))

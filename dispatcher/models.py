@@ -1,0 +1,127 @@
+"""The two plain records everything else passes around: a job's routing needs and a node's state.
+
+Both are frozen; `NodeState.from_hash` is pure parsing of a decoded heartbeat HASH.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one job asks for: the function, its input and what routing must respect."""
+
+    func: str
+    input: Any = None
+    client_id: str | None = None
+    model: str | None = None
+    affinity: str | None = None
+    priority: str = "normal"
+    timeout_s: int | None = None
+    retries: int = 0
+    gpu_mem_gib: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node as the dispatcher sees it: its last heartbeat plus its queue length."""
+
+    node_id: str
+    alive: bool = True
+    draining: bool = False
+    capacity: int = 1
+    queued: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    gpu_util: float = 0.0  # 0..1, mean over the node's GPUs
+    mem_util: float = 0.0  # 0..1, GPU memory used / total
+    gpu_count: int = 0
+    gpu_name: str = ""
+    gpu_mem_total_gib: float = 0.0
+    gpu_mem_free_gib: float = float("inf")  # a node that reports no GPU never filters on memory
+    service_time_s: float = 1.0  # EWMA of job run time on this node
+    speed: float = 1.0  # relative throughput (the sim probe's --sim-speed; 1 otherwise)
+    weight: float = 1.0  # static weight for weighted round robin
+    models: tuple[str, ...] = ()
+    heartbeat_age_s: float = 0.0
+    probe: str = ""
+    version: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def load(self) -> int:
+        """Jobs on the node: waiting in its queue plus running."""
+        return self.queued + self.running
+
+    def with_extra_load(self, n_jobs: int) -> NodeState:
+        """This node with `n_jobs` more queued: what the dispatcher sent since the heartbeat."""
+        return replace(self, queued=self.queued + n_jobs)
+
+    @classmethod
+    def from_hash(
+        cls,
+        node_id: str,
+        h: Mapping[str, str],
+        *,
+        alive: bool,
+        queued: int,
+        now_s: float,
+    ) -> NodeState:
+        """Parse a decoded heartbeat HASH; a missing or garbled field takes its default."""
+        sent_at = _float(h, "ts", now_s)
+        mem_free = h.get("gpu_mem_free_gib")
+        return cls(
+            node_id=node_id,
+            alive=alive,
+            draining=h.get("draining", "0") == "1",
+            capacity=max(1, _int(h, "capacity", 1)),
+            queued=queued,
+            running=_int(h, "running", 0),
+            completed=_int(h, "completed", 0),
+            failed=_int(h, "failed", 0),
+            gpu_util=_ratio(h, "gpu_util"),
+            mem_util=_ratio(h, "mem_util"),
+            gpu_count=_int(h, "gpu_count", 0),
+            gpu_name=h.get("gpu_name", ""),
+            gpu_mem_total_gib=_float(h, "gpu_mem_total_gib", 0.0),
+            gpu_mem_free_gib=float("inf") if not mem_free else _float(h, "gpu_mem_free_gib", float("inf")),
+            service_time_s=max(1e-6, _float(h, "service_time_s", 1.0)),
+            speed=max(1e-6, _float(h, "speed", 1.0)),
+            weight=max(0.0, _float(h, "weight", 1.0)),
+            models=tuple(m for m in h.get("models", "").split(",") if m),
+            heartbeat_age_s=max(0.0, now_s - sent_at),
+            probe=h.get("probe", ""),
+            version=h.get("version", ""),
+            labels=_labels(h.get("labels", "")),
+        )
+
+
+def _int(h: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(float(h[name]))
+    except (KeyError, ValueError):
+        return default
+
+
+def _float(h: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(h[name])
+    except (KeyError, ValueError):
+        return default
+
+
+def _ratio(h: Mapping[str, str], name: str) -> float:
+    return min(1.0, max(0.0, _float(h, name, 0.0)))
+
+
+def _labels(raw: str) -> dict[str, str]:
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {}

@@ -1,0 +1,65 @@
+"""Settings, resolved once: dataclass defaults, then GPUFLEET_<FIELD> env vars, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import SettingsError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything tunable about one fleet; passed down, never read from the environment twice."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = "gpufleet"
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 5.0  # liveness key TTL: a few heartbeat periods
+    snapshot_interval_s: float = 0.15  # how often the dispatcher re-reads node heartbeats
+    dispatch_batch: int = 200  # job ids read from an ingress per routing round
+    prefetch: int = 2  # a node holds at most capacity + prefetch jobs (late binding)
+    max_node_queue: int = -1  # -1: capacity + prefetch; 0: unbounded; N: at most N per node
+    policy: str = "least-connections"
+    alpha: float = 0.6  # load-aware: weight of GPU utilization
+    beta: float = 0.3  # load-aware: weight of GPU memory utilization
+    gamma: float = 0.1  # load-aware: floor, so an idle node's weight stays finite
+    submit_chunk: int = 1000  # jobs per pipelined round trip when submitting
+    result_ttl_s: int = 7 * 24 * 3600  # how long rq keeps results (and finished jobs)
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_s <= 0 or self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise SettingsError(
+                "heartbeat_ttl_s must exceed heartbeat_interval_s (> 0), or a live node looks dead "
+                f"(got interval={self.heartbeat_interval_s}, ttl={self.heartbeat_ttl_s})"
+            )
+        for name in ("snapshot_interval_s",):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0")
+        for name in ("dispatch_batch", "submit_chunk"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1")
+        if self.prefetch < 0 or self.max_node_queue < -1:
+            raise SettingsError("prefetch must be >= 0 and max_node_queue >= -1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Defaults, overridden by GPUFLEET_<FIELD> (e.g. GPUFLEET_REDIS_URL)."""
+        overrides: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"GPUFLEET_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            try:
+                overrides[f.name] = type(f.default)(raw)
+            except ValueError:
+                raise SettingsError(f"GPUFLEET_{f.name.upper()}={raw!r} is not a valid {type(f.default).__name__}")
+        return cls(**overrides)
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """These settings with every non-None value replaced (flags the user gave)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})

@@ -1,0 +1,33 @@
+"""Reads every node's state from Redis in one pipelined round trip."""
+
+from __future__ import annotations
+
+import time
+
+from redis import Redis
+
+from .keys import Keys
+from .models import NodeState
+
+
+def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """A HGETALL reply as text (heartbeat fields are ASCII/UTF-8)."""
+    return {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+
+
+def read_nodes(r: Redis, keys: Keys, now_s: float | None = None) -> list[NodeState]:
+    """All nodes that ever sent a heartbeat, sorted by id: heartbeat, liveness and queue length."""
+    node_ids = sorted(m.decode() for m in r.smembers(keys.nodes))
+    if not node_ids:
+        return []
+    with r.pipeline(transaction=False) as p:
+        for node_id in node_ids:
+            p.hgetall(keys.heartbeat(node_id))
+            p.exists(keys.alive(node_id))
+            p.llen(Keys.rq_queue(keys.node_queue(node_id)))
+        replies = p.execute()
+    now_s = time.time() if now_s is None else now_s
+    return [
+        NodeState.from_hash(node_id, decode_hash(hb), alive=bool(alive), queued=int(queued), now_s=now_s)
+        for node_id, hb, alive, queued in zip(node_ids, replies[0::3], replies[1::3], replies[2::3])
+    ]

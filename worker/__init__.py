@@ -1,0 +1,1 @@
+"""gpufleet's worker side: runs on a GPU host, works its node queue, reports heartbeats."""
