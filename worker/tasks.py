@@ -19,8 +19,8 @@ def echo(value: Any) -> Any:
 def synthetic(spec: dict[str, Any]) -> dict[str, Any]:
     """A simulated inference: busy for `cost / sim_speed` seconds on this node.
 
-    Input: {"cost": seconds on a speed-1 node, "fail"?: true to raise}. Returns the node and
-    how long it took, so a batch's results show where each job ran.
+    Input: {"cost": seconds on a speed-1 node, "fail"?: true to raise, ...}. Returns the node,
+    how long it took and the input, so a batch's results show where each job ran.
     """
     if not isinstance(spec, dict) or not isinstance(spec.get("cost", 0), (int, float)):
         raise ValueError('synthetic expects {"cost": seconds}')
@@ -30,4 +30,4 @@ def synthetic(spec: dict[str, Any]) -> dict[str, Any]:
     time.sleep(max(0.0, seconds))
     if spec.get("fail"):
         raise RuntimeError("synthetic failure requested by the job input")
-    return {"node": node.node_id, "seconds": round(time.perf_counter() - started, 6)}
+    return {"node": node.node_id, "seconds": round(time.perf_counter() - started, 6), "input": spec}

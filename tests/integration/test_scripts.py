@@ -1,0 +1,62 @@
+"""Every Lua script against a real redis-server (fakeredis's Lua is not Redis's)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import redis
+from rq import Queue, SimpleWorker
+
+from dispatcher.client import Submitter
+from dispatcher.job import SERIALIZER, job_class
+from dispatcher.keys import RQ_QUEUES, JobField, Keys
+from dispatcher.models import JobSpec
+from dispatcher.scripts import Scripts
+from dispatcher.settings import Settings
+
+KEYS = Keys()
+
+
+def ingress_ids(r: redis.Redis) -> list[str]:
+    return [i.decode() for i in r.lrange(Keys.rq_queue(KEYS.ingress_queue("normal")), 0, -1)]
+
+
+def test_every_script_ships_with_the_package() -> None:
+    names = sorted(f.name for f in files("dispatcher").joinpath("lua").iterdir() if f.name.endswith(".lua"))
+    assert names and "move_to_nodes.lua" in names
+
+
+def test_move_to_nodes_moves_rehomes_and_registers(r: redis.Redis, settings: Settings) -> None:
+    receipt = Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(3)])
+    a, b, c = ingress_ids(r)
+    moved = Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(a, "n1"), (c, "n2")])
+    assert moved == [True, True]
+    assert ingress_ids(r) == [b]
+    assert r.lrange(Keys.rq_queue(KEYS.node_queue("n1")), 0, -1) == [a.encode()]
+    assert r.hget(Keys.rq_job(c), "origin") == KEYS.node_queue("n2").encode()
+    assert r.hget(Keys.rq_job(c), JobField.NODE) == b"n2"
+    assert r.sismember(RQ_QUEUES, Keys.rq_queue(KEYS.node_queue("n2")))
+    assert receipt.count == 3
+
+
+def test_a_job_no_longer_in_the_ingress_is_skipped_not_duplicated(r: redis.Redis, settings: Settings) -> None:
+    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", 1)])
+    [job_id] = ingress_ids(r)
+    scripts = Scripts(r, KEYS)
+    assert scripts.move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1")]) == [True]
+    assert scripts.move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n2")]) == [False]
+    assert r.llen(Keys.rq_queue(KEYS.node_queue("n1"))) == 1 and not r.exists(Keys.rq_queue(KEYS.node_queue("n2")))
+
+
+def test_rq_works_a_moved_job_and_keeps_its_registries_on_the_node_queue(r: redis.Redis, settings: Settings) -> None:
+    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", {"hello": "gpu"})])
+    [job_id] = ingress_ids(r)
+    Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1")])
+    cls = job_class(KEYS, ("worker.tasks",))
+    queue = Queue(KEYS.node_queue("n1"), connection=r, serializer=SERIALIZER, job_class=cls)
+    assert Queue.all(connection=r, serializer=SERIALIZER) and queue in Queue.all(connection=r)
+    SimpleWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls).work(burst=True)
+    job = cls.fetch(job_id, connection=r, serializer=SERIALIZER)
+    assert job.get_status() == "finished" and job.return_value() == {"hello": "gpu"}
+    assert job_id in queue.finished_job_registry.get_job_ids()
+    assert job.fleet[JobField.ATTEMPTS] == "1"

@@ -1,0 +1,59 @@
+"""Submitting against a real Redis: all or nothing, batches, results before and after."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from dispatcher.client import submit_file
+from dispatcher.errors import GpufleetError, JobFileError
+from dispatcher.keys import Keys
+from dispatcher.results import iter_results, read_progress
+from dispatcher.settings import Settings
+
+KEYS = Keys()
+
+
+def write_jobs(path: Path, lines: list[object]) -> str:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return str(path)
+
+
+def test_a_file_is_enqueued_in_order_across_priorities(r: redis.Redis, tmp_path: Path) -> None:
+    path = write_jobs(tmp_path / "j.jsonl", [{"input": i, "id": f"c{i}", **({"priority": "high"} if i % 3 == 0 else {})}
+                                             for i in range(2500)])  # fmt: skip
+    receipt = submit_file(r, Settings(submit_chunk=700), path, default_func="worker.tasks:echo", batch_id="b1")
+    assert (receipt.batch_id, receipt.count) == ("b1", 2500)
+    assert r.llen(Keys.rq_queue(KEYS.ingress_queue("high"))) == 834
+    assert r.llen(Keys.rq_queue(KEYS.ingress_queue("normal"))) == 1666
+    records = list(iter_results(r, KEYS, "b1"))
+    assert [rec["id"] for rec in records] == [f"c{i}" for i in range(2500)]
+    assert {rec["status"] for rec in records} == {"queued"} and records[0]["enqueued_at"].endswith("Z")
+    assert read_progress(r, KEYS, "b1").size == 2500 and not read_progress(r, KEYS, "b1").done
+
+
+def test_one_bad_line_at_the_end_leaves_nothing_enqueued(r: redis.Redis, tmp_path: Path) -> None:
+    path = write_jobs(tmp_path / "j.jsonl", [{"input": i} for i in range(3000)] + ['{"input": 1, "priority": "asap"}'])
+    with pytest.raises(JobFileError, match=r"j.jsonl:3001: field 'priority'"):
+        submit_file(r, Settings(), path, default_func="worker.tasks:echo")
+    assert r.dbsize() == 0
+
+
+def test_a_batch_name_cannot_be_reused(r: redis.Redis, tmp_path: Path) -> None:
+    path = write_jobs(tmp_path / "j.jsonl", [{"input": 1}])
+    submit_file(r, Settings(), path, default_func="worker.tasks:echo", batch_id="same")
+    with pytest.raises(GpufleetError, match="already exists"):
+        submit_file(r, Settings(), path, default_func="worker.tasks:echo", batch_id="same")
+
+
+def test_an_empty_file_is_refused(r: redis.Redis, tmp_path: Path) -> None:
+    with pytest.raises(JobFileError, match="no jobs"):
+        submit_file(r, Settings(), write_jobs(tmp_path / "j.jsonl", ["", ""]), default_func="worker.tasks:echo")
+
+
+def test_results_of_an_unknown_batch_is_a_clear_error(r: redis.Redis) -> None:
+    with pytest.raises(GpufleetError, match="no batch 'nope'"):
+        list(iter_results(r, KEYS, "nope"))
