@@ -7,9 +7,12 @@ on the GPU; CUDA would not survive a fork anyway.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import secrets
+import signal
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,24 +34,27 @@ from .stats import NodeStats
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOW = ("worker.tasks",)
+RESTART_BACKOFF_S = 0.5
+MAX_RESTART_BACKOFF_S = 30.0
 
 
 class NodeWorker(SimpleWorker):
     """A SimpleWorker that keeps the node's counters for its heartbeat."""
 
-    def __init__(self, *args: Any, stats: NodeStats, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, stats: NodeStats, slot: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stats = stats
+        self.slot = slot
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.stats.job_started()
+        self.stats.job_started(self.slot)
         started = time.perf_counter()
         ok = False
         try:
             super().execute_job(job, queue)
             ok = job.get_status(refresh=False) == JobStatus.FINISHED
         finally:
-            self.stats.job_ended(time.perf_counter() - started, ok)
+            self.stats.job_ended(time.perf_counter() - started, ok, self.slot)
 
 
 @dataclass(frozen=True)
@@ -69,32 +75,83 @@ def default_node_id() -> str:
 
 
 def run_worker(settings: Settings, opts: WorkerOptions) -> None:
-    """Serve the node queue until SIGINT/SIGTERM (rq's warm shutdown: the current job finishes)."""
+    """Serve the node queue until SIGINT/SIGTERM (rq's warm shutdown: running jobs finish).
+
+    A node of capacity N runs N job slots: this process alone when N is 1, else N child
+    processes on the same node queue, restarted if they die; one heartbeat speaks for all.
+    """
     r = connect(settings.redis_url)
     keys = Keys(settings.namespace)
-    cls = job_class(keys, tuple(opts.allow))
-    queue = Queue(keys.node_queue(opts.node_id), connection=r, serializer=SERIALIZER, job_class=cls)
-    r.sadd(RQ_QUEUES, queue.key)  # so `rq info` lists the node queue before its first job
-    context.set_current(context.NodeContext(node_id=opts.node_id, sim_speed=opts.sim_speed))
-
-    stats = NodeStats()
+    r.sadd(RQ_QUEUES, Keys.rq_queue(keys.node_queue(opts.node_id)))  # `rq info` lists it before its first job
+    stats = NodeStats(slots=opts.capacity)
     probe = make_probe(opts.probe, lambda: stats.last_busy_fraction)
     info = NodeInfo(opts.node_id, capacity=opts.capacity, speed=opts.sim_speed, weight=opts.weight)
     heartbeat = Heartbeat(r, keys, info, stats, probe,
                           interval_s=settings.heartbeat_interval_s, ttl_s=settings.heartbeat_ttl_s)  # fmt: skip
     heartbeat.beat()  # alive before the first job can be routed here
     heartbeat.start()
-    worker = NodeWorker(
-        [queue],
-        connection=r,
-        serializer=SERIALIZER,
-        job_class=cls,
-        name=f"{opts.node_id}.{os.getpid()}.{secrets.token_hex(2)}",
-        stats=stats,
-    )
-    log.info("worker started node=%s probe=%s speed=%g queue=%s", opts.node_id, probe.name, opts.sim_speed, queue.name)
+    log.info("worker started node=%s probe=%s speed=%g capacity=%d", opts.node_id, probe.name, opts.sim_speed,
+             opts.capacity)  # fmt: skip
     try:
-        worker.work(burst=opts.burst, logging_level=logging.getLevelName(logging.getLogger("rq").getEffectiveLevel()))
+        if opts.capacity == 1:
+            work_slot(settings, opts, stats, 0)
+        else:
+            supervise_slots(settings, opts, stats)
     finally:
         heartbeat.stop()
         log.info("worker stopped node=%s", opts.node_id)
+
+
+def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: int, log_level: int | None = None) -> None:
+    """One job slot: an rq SimpleWorker on the node queue (the body of each slot process)."""
+    if log_level is not None:  # a spawned slot process starts with logging unconfigured
+        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("rq").setLevel(max(log_level, logging.WARNING))
+    r = connect(settings.redis_url)
+    keys = Keys(settings.namespace)
+    cls = job_class(keys, tuple(opts.allow))
+    queue = Queue(keys.node_queue(opts.node_id), connection=r, serializer=SERIALIZER, job_class=cls)
+    context.set_current(context.NodeContext(node_id=opts.node_id, sim_speed=opts.sim_speed))
+    worker = NodeWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats, slot=slot,
+                        name=f"{opts.node_id}.{slot}.{os.getpid()}.{secrets.token_hex(2)}")  # fmt: skip
+    worker.work(burst=opts.burst, logging_level=logging.getLevelName(logging.getLogger("rq").getEffectiveLevel()))
+
+
+def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats) -> None:
+    """Run `capacity` slot processes; restart one that dies (with backoff) until stopped."""
+    mp = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    stopping = threading.Event()
+
+    def start(slot: int) -> multiprocessing.process.BaseProcess:
+        p = mp.Process(target=work_slot, args=(settings, opts, stats, slot, level), name=f"{opts.node_id}-slot{slot}")
+        p.start()
+        return p
+
+    def forward(signum: int, frame: Any) -> None:
+        stopping.set()
+        for p in procs.values():
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGTERM)
+
+    procs = {slot: start(slot) for slot in range(opts.capacity)}
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    backoff_s = {slot: RESTART_BACKOFF_S for slot in procs}
+    try:
+        while procs:
+            for slot, p in list(procs.items()):
+                p.join(timeout=0.2)
+                if p.is_alive():
+                    continue
+                if stopping.is_set() or (opts.burst and p.exitcode == 0):
+                    del procs[slot]
+                    continue
+                log.warning("slot died, restarting node=%s slot=%d exitcode=%s in=%.1fs", opts.node_id, slot,
+                            p.exitcode, backoff_s[slot])  # fmt: skip
+                stopping.wait(backoff_s[slot])
+                backoff_s[slot] = min(MAX_RESTART_BACKOFF_S, backoff_s[slot] * 2)
+                if not stopping.is_set():
+                    procs[slot] = start(slot)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,13 +1,17 @@
-"""A node's own counters, shared by the job loop (writer) and the heartbeat thread (reader)."""
+"""A node's own counters, shared by its job slots (writers, possibly several processes) and the
+heartbeat thread (reader). Backed by shared memory, so a node of capacity N can run N worker
+processes that report as one node."""
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 EWMA_ALPHA = 0.2  # weight of the newest job in the service-time average
+_MP = multiprocessing.get_context("spawn")
+_RUNNING, _COMPLETED, _FAILED, _SERVICE_S, _BUSY_S, _WINDOW_START = range(6)
 
 
 @dataclass(frozen=True)
@@ -18,53 +22,52 @@ class StatsView:
     completed: int
     failed: int
     service_time_s: float
-    busy_fraction: float
+    busy_fraction: float  # share of slot-time spent on jobs since the previous view
 
 
 class NodeStats:
-    """Jobs running/completed/failed, EWMA service time and busy fraction; thread-safe."""
+    """Jobs running/completed/failed, EWMA service time and busy fraction; process-safe.
 
-    def __init__(self, *, initial_service_time_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    `clock` must be shared by every process (time.monotonic is, on one host).
+    """
+
+    def __init__(self, slots: int = 1, *, initial_service_time_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.slots = slots
         self._clock = clock
-        self._lock = threading.Lock()
-        self._running = 0
-        self._completed = 0
-        self._failed = 0
-        self._service_time_s = initial_service_time_s
-        self._busy_s = 0.0  # busy time accumulated since the last view
-        self._busy_since: float | None = None  # start of the job running now
-        self._window_start = clock()
-        self.last_busy_fraction = 0.0  # busy fraction of the most recent view
+        self._lock = _MP.Lock()
+        self._v = _MP.Array("d", 6, lock=False)
+        self._v[_SERVICE_S] = initial_service_time_s
+        self._v[_WINDOW_START] = clock()
+        self._started = _MP.Array("d", slots, lock=False)  # start time of each slot's job; -1 idle
+        for i in range(slots):
+            self._started[i] = -1.0
+        self.last_busy_fraction = 0.0  # busy fraction of the most recent view (this process)
 
-    def job_started(self) -> None:
+    def job_started(self, slot: int = 0) -> None:
         with self._lock:
-            self._running += 1
-            if self._busy_since is None:
-                self._busy_since = self._clock()
+            self._v[_RUNNING] += 1
+            self._started[slot] = self._clock()
 
-    def job_ended(self, duration_s: float, ok: bool) -> None:
-        with self._lock:
-            self._running = max(0, self._running - 1)
-            if ok:
-                self._completed += 1
-            else:
-                self._failed += 1
-            self._service_time_s += EWMA_ALPHA * (duration_s - self._service_time_s)
-            if self._running == 0 and self._busy_since is not None:
-                self._busy_s += self._clock() - self._busy_since
-                self._busy_since = None
-
-    def view(self) -> StatsView:
-        """The counters now; busy fraction is measured since the previous view."""
+    def job_ended(self, duration_s: float, ok: bool, slot: int = 0) -> None:
         with self._lock:
             t = self._clock()
-            busy = self._busy_s
-            if self._busy_since is not None:
-                busy += t - self._busy_since
-                self._busy_since = t
-            window = max(1e-9, t - self._window_start)
-            self._busy_s, self._window_start = 0.0, t
-            self.last_busy_fraction = min(1.0, busy / window)
-            return StatsView(
-                self._running, self._completed, self._failed, self._service_time_s, self.last_busy_fraction
-            )
+            self._v[_RUNNING] = max(0.0, self._v[_RUNNING] - 1)
+            self._v[_COMPLETED if ok else _FAILED] += 1
+            self._v[_SERVICE_S] += EWMA_ALPHA * (duration_s - self._v[_SERVICE_S])
+            if self._started[slot] >= 0:
+                self._v[_BUSY_S] += t - max(self._started[slot], self._v[_WINDOW_START])
+                self._started[slot] = -1.0
+
+    def view(self) -> StatsView:
+        """The counters now; the busy fraction covers the time since the previous view."""
+        with self._lock:
+            t = self._clock()
+            start = self._v[_WINDOW_START]
+            busy = self._v[_BUSY_S] + sum(t - max(s, start) for s in self._started if s >= 0)
+            fraction = min(1.0, busy / max(1e-9, (t - start) * self.slots))
+            self._v[_BUSY_S], self._v[_WINDOW_START] = 0.0, t
+            view = StatsView(int(self._v[_RUNNING]), int(self._v[_COMPLETED]), int(self._v[_FAILED]),
+                             self._v[_SERVICE_S], fraction)  # fmt: skip
+        self.last_busy_fraction = fraction
+        return view

@@ -96,3 +96,34 @@ def test_a_killed_worker_is_dead_once_its_liveness_key_expires(fleet: tuple[Loca
     wait_until(lambda: not r.exists(keys.alive("n1")), 5.0, "n1's liveness key to expire")
     status = json.loads(gpufleet(redis_server.url, "status", "--json").stdout)
     assert {n["node"]: n["state"] for n in status["nodes"]} == {"n1": "dead", "n2": "alive", "n3": "alive"}
+
+
+def max_overlap(records: list[dict]) -> int:  # type: ignore[type-arg]
+    """The most jobs whose [started_at, ended_at] intervals overlap at one instant."""
+    events = sorted([(rec["started_at"], 1) for rec in records] + [(rec["ended_at"], -1) for rec in records],
+                    key=lambda e: (e[0], e[1]))  # fmt: skip
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_node_of_capacity_three_runs_jobs_side_by_side(redis_server: RedisServer) -> None:
+    """--capacity N runs N slot processes on one node queue, reported by one heartbeat."""
+    r = redis.Redis.from_url(redis_server.url)
+    f = LocalFleet(redis_server.url, namespace="cap", env=FAST_HEARTBEAT)
+    try:
+        f.start_dispatcher()
+        f.start_worker(SimNode("wide", 1.0, capacity=3))
+        f.wait_for_nodes(r, ["wide"])
+        specs = [JobSpec("worker.tasks:synthetic", {"cost": 1.0}) for _ in range(6)]
+        receipt = Submitter(r, Settings(redis_url=redis_server.url, namespace="cap")).submit(specs)
+        wait_until(lambda: read_progress(r, Keys("cap"), receipt.batch_id).done, 60, "the batch to finish")
+        records = list(iter_results(r, Keys("cap"), receipt.batch_id))
+        assert {rec["status"] for rec in records} == {"finished"}
+        assert max_overlap(records) >= 2
+        hb = r.hgetall(Keys("cap").heartbeat("wide"))
+        assert hb[b"capacity"] == b"3" and int(hb[b"completed"]) + int(hb[b"running"]) >= 5
+    finally:
+        f.stop()
