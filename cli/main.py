@@ -76,12 +76,13 @@ pass_state: Callable[..., Any] = click.make_pass_decorator(CliState)
 
 
 def _register() -> None:
+    from .control import cancel, drain, requeue, undrain
     from .fleet import dispatcher, worker
     from .jobs import results, submit
     from .local import demo, local
     from .status import status
 
-    for command in (submit, results, status, dispatcher, worker, demo, local):
+    for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, demo, local):
         cli.add_command(command)
 
 

@@ -97,8 +97,6 @@ class Submitter:
             serializer=SERIALIZER,
         )
         job.enqueued_at = now()
-        if spec.retries:
-            job.retries_left = spec.retries
         mapping = job.to_dict()
         mapping.update(
             {
@@ -109,6 +107,7 @@ class Submitter:
                 JobField.AFFINITY: spec.affinity or "",
                 JobField.GPU_MEM: spec.gpu_mem_gib,
                 JobField.ATTEMPTS: 0,
+                JobField.RETRIES: spec.retries,
             }
         )
         p.hset(job.key, mapping=mapping)  # type: ignore[attr-defined]

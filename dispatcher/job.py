@@ -64,6 +64,7 @@ class FleetJob(Job):
     def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
         super().prepare_for_execution(worker_name, pipeline)
         pipeline.hincrby(self.key, JobField.ATTEMPTS, 1)
+        pipeline.hdel(self.key, JobField.ERROR)  # a reason from an earlier attempt no longer applies
 
     def _handle_success(self, result_ttl: Any, pipeline: Pipeline, *args: Any, **kwargs: Any) -> None:
         super()._handle_success(result_ttl, pipeline, *args, **kwargs)

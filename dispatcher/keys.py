@@ -23,8 +23,10 @@ class JobField:
     MODEL = "gf_model"  # model name the job wants warm ("" when none)
     AFFINITY = "gf_affinity"  # session key for sticky routing ("" when none)
     GPU_MEM = "gf_gpu_mem"  # GiB of free GPU memory the job needs
-    NODE = "gf_node"  # node the dispatcher routed the job to last
+    NODE = "gf_node"  # node the job is routed to now ("" while it waits in an ingress)
     ATTEMPTS = "gf_attempts"  # executions started so far
+    RETRIES = "gf_retries"  # extra attempts the job may have after a failure
+    ERROR = "gf_error"  # why gpufleet ended the job (e.g. "node a lost"); rq's results hold job errors
 
     ROUTING = (MODEL, AFFINITY, GPU_MEM)  # what the dispatcher reads to route a job
 
@@ -57,6 +59,16 @@ class Keys:
     def batch_info(self, batch_id: str) -> str:  # HASH: size, created_at, func
         return f"{self.namespace}:batch:{batch_id}"
 
+    def drain_flag(self, node_id: str) -> str:  # STRING; present = route nothing there (drain/SIGTERM)
+        return f"{self.namespace}:node:{node_id}:drain"
+
+    def retry_schedule(self, priority: str) -> str:  # ZSET job id -> unix time its retry is due
+        return f"{self.namespace}:retry:{priority}"
+
+    @property
+    def dispatcher_lease(self) -> str:  # STRING holder token with PX TTL: the active dispatcher
+        return f"{self.namespace}:dispatcher:lease"
+
     @property
     def dispatch_wakeup(self) -> str:  # LIST; submit pushes a token so an idle dispatcher wakes now
         return f"{self.namespace}:dispatch:wakeup"
@@ -64,6 +76,22 @@ class Keys:
     @staticmethod
     def rq_queue(name: str) -> str:  # LIST of job ids (rq's own key)
         return f"rq:queue:{name}"
+
+    @staticmethod
+    def rq_intermediate(name: str) -> str:  # LIST: a job a worker popped but has not started (rq's)
+        return f"rq:queue:{name}:intermediate"
+
+    @staticmethod
+    def rq_started(name: str) -> str:  # ZSET of "job_id:execution_id" running from queue `name` (rq's)
+        return f"rq:wip:{name}"
+
+    @staticmethod
+    def rq_failed(name: str) -> str:  # ZSET job id -> expiry: the dead-letter queue of `name` (rq's)
+        return f"rq:failed:{name}"
+
+    @staticmethod
+    def rq_canceled(name: str) -> str:  # ZSET job id -> expiry (rq's canceled registry)
+        return f"rq:canceled:{name}"
 
     @staticmethod
     def rq_job(job_id: str) -> str:  # HASH (rq's own key); `origin` = queue name

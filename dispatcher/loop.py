@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import redis
 from redis import Redis
 
+from .health import Health
 from .keys import PRIORITIES, JobField, Keys
+from .lease import Lease
 from .models import JobSpec, NodeState
 from .policies import Policy
 from .router import Router
@@ -51,15 +53,19 @@ class Dispatcher:
         max_node_queue = None if settings.max_node_queue < 0 else settings.max_node_queue
         self.router = Router(policy, prefetch=settings.prefetch, max_node_queue=max_node_queue)
         self._clock = clock
+        self.health = Health(r, self._keys, self._scripts, settings)
+        self.lease = Lease(r, self._keys, self._scripts, settings.lease_ttl_s, clock=clock)
         self._nodes: list[NodeState] = []
         self._snapshot_at = float("-inf")
         self._waiting_for_nodes = False
         self.moved_total = 0
 
     def refresh(self) -> list[NodeState]:
-        """Re-read every node's heartbeat, liveness and queue length (one round trip)."""
+        """Re-read every node (one round trip), then let dead and draining nodes give their
+        jobs back and due retries return to the ingress."""
         self._nodes = read_nodes(self._r, self._keys)
         self._snapshot_at = self._clock()
+        self.health.check(self._nodes)
         return self._nodes
 
     def dispatch_once(self) -> Round:
@@ -98,27 +104,41 @@ class Dispatcher:
         self._waiting_for_nodes = no_live_node
 
     def run(self, stop: threading.Event) -> None:
-        """Route until `stop` is set; survives Redis outages with one log line per outage."""
+        """Route while holding the lease (stand by otherwise) until `stop` is set; survives
+        Redis outages with one log line per outage."""
         backoff_s = 0.0
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                try:
+                    rnd = self.dispatch_once() if self.lease.check() else None
+                    if backoff_s:
+                        log.info("redis reachable again")
+                        backoff_s = 0.0
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    if not backoff_s:
+                        log.error("redis unreachable, retrying with backoff error=%s", e)
+                    backoff_s = min(MAX_BACKOFF_S, max(0.1, backoff_s * 2))
+                    stop.wait(backoff_s)
+                    continue
+                self._pause(stop, rnd)
+        finally:
             try:
-                rnd = self.dispatch_once()
-                if backoff_s:
-                    log.info("redis reachable again, dispatching")
-                    backoff_s = 0.0
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                if not backoff_s:
-                    log.error("redis unreachable, retrying with backoff error=%s", e)
-                backoff_s = min(MAX_BACKOFF_S, max(0.1, backoff_s * 2))
-                stop.wait(backoff_s)
-                continue
-            if rnd.moved:
-                continue
-            if rnd.waiting:
-                self._snapshot_at = min(self._snapshot_at, self._clock() - self._settings.snapshot_interval_s)
-                stop.wait(FULL_FLEET_POLL_S)
-            else:
-                self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
+                self.lease.release()
+            except redis.RedisError:
+                pass
+
+    def _pause(self, stop: threading.Event, rnd: Round | None) -> None:
+        """Wait before the next round: not at all after moving jobs, briefly while every node
+        is full, else until a submit wakes us or the next snapshot is due."""
+        if rnd is None:  # standing by
+            stop.wait(self._settings.lease_ttl_s / 3)
+        elif rnd.moved:
+            return
+        elif rnd.waiting:
+            self._snapshot_at = min(self._snapshot_at, self._clock() - self._settings.snapshot_interval_s)
+            stop.wait(FULL_FLEET_POLL_S)
+        else:
+            self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
 
 
 def _routing_spec(fields: list[bytes | None]) -> JobSpec:

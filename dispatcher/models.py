@@ -71,6 +71,7 @@ class NodeState:
         alive: bool,
         queued: int,
         now_s: float,
+        draining: bool = False,
     ) -> NodeState:
         """Parse a decoded heartbeat HASH; a missing or garbled field takes its default."""
         sent_at = _float(h, "ts", now_s)
@@ -78,7 +79,7 @@ class NodeState:
         return cls(
             node_id=node_id,
             alive=alive,
-            draining=h.get("draining", "0") == "1",
+            draining=draining,
             capacity=max(1, _int(h, "capacity", 1)),
             queued=queued,
             running=_int(h, "running", 0),

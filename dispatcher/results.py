@@ -71,19 +71,26 @@ def _result_record(r: Redis, cls: Any, job_id: str, raw: dict[bytes, bytes], lat
         "status": str(job.get_status(refresh=False).value),
         "node": job.fleet.get(JobField.NODE) or None,
     }
-    if latest:
+    if job.fleet.get(JobField.ERROR):  # gpufleet ended it (node lost, canceled) after any rq result
+        record["error"] = job.fleet[JobField.ERROR]
+    elif latest:
         result_id, payload = latest[0]
         result = Result.restore(job_id, result_id.decode(), payload, connection=r, serializer=SERIALIZER)
         if result.type == Result.Type.SUCCESSFUL:
             record["result"] = result.return_value
         else:
-            record["error"] = (result.exc_string or "").strip().splitlines()[-1:] or [""]
-            record["error"] = record["error"][0]
+            record["error"] = last_line(result.exc_string or "")
     record["attempts"] = int(job.fleet.get(JobField.ATTEMPTS, "0") or 0)
     record["enqueued_at"] = _iso(job.enqueued_at)
     record["started_at"] = _iso(job.started_at)
     record["ended_at"] = _iso(job.ended_at)
     return record
+
+
+def last_line(traceback_text: str) -> str:
+    """The exception line of a traceback ("ValueError: bad input")."""
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
 
 
 def _iso(dt: Any) -> str | None:

@@ -1,14 +1,19 @@
 """The Lua scripts in lua/, loaded once; one typed method per script (callers never see KEYS).
 
 `register_script` runs EVALSHA and reloads a script Redis forgot (NOSCRIPT), as redis-py does.
+Scripts that act on jobs found by a read (two-phase: read where jobs are, then move them
+atomically) re-check each job's place inside the script, so a job that moved meanwhile is
+skipped, never duplicated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 
 from redis import Redis
+from rq.utils import now, utcformat
 
 from .keys import RQ_QUEUES, JobField, Keys
 
@@ -17,6 +22,25 @@ _SOURCES = {
     for f in files("dispatcher").joinpath("lua").iterdir()
     if f.name.endswith(".lua")
 }
+
+
+@dataclass(frozen=True)
+class JobPlace:
+    """Where a job sits: a LIST holding its id, or a ZSET holding `member` (default: the id)."""
+
+    job_id: str
+    source: str
+    batch_id: str = ""
+    member: str = ""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A job to end for good, the registry (ZSET) to file it in, and why."""
+
+    place: JobPlace
+    registry: str
+    reason: str
 
 
 class Scripts:
@@ -38,3 +62,33 @@ class Scripts:
             args += [job_id, queue, node_id]
         return [flag == 1 for flag in self._run["move_to_nodes"](keys=keys, args=args)]
 
+    def return_to_ingress(self, priority: str, places: Sequence[JobPlace], *, at_front: bool = True,
+                          counter: str = "") -> list[bool]:  # fmt: skip
+        """Put jobs back in the ingress of `priority`, in the given order; True for each returned.
+        `counter`: a batch counter to decrement for each (a failed job coming back)."""
+        if not places:
+            return []
+        ingress = self._keys.ingress_queue(priority)
+        keys = [Keys.rq_queue(ingress), RQ_QUEUES]
+        args = [ingress, "1" if at_front else "0", JobField.NODE]
+        for p in places:
+            keys += [p.source, Keys.rq_job(p.job_id), self._keys.batch_info(p.batch_id)]
+            args += [p.job_id, p.member or p.job_id, counter]
+        return [flag == 1 for flag in self._run["return_to_ingress"](keys=keys, args=args)]
+
+    def end_jobs(self, endings: Sequence[Ending], *, status: str, counter: str, ttl_s: int) -> list[bool]:
+        """End jobs for good with `status` (failed, canceled); True for each ended."""
+        if not endings:
+            return []
+        keys: list[str] = []
+        args = [status, counter, str(ttl_s), JobField.ERROR, utcformat(now())]
+        for e in endings:
+            keys += [e.place.source, Keys.rq_job(e.place.job_id), e.registry, self._keys.batch_info(e.place.batch_id)]
+            args += [e.place.job_id, e.place.member or e.place.job_id, e.reason]
+        return [flag == 1 for flag in self._run["end_jobs"](keys=keys, args=args)]
+
+    def renew_lease(self, token: str, ttl_ms: int) -> bool:
+        return self._run["renew_lease"](keys=[self._keys.dispatcher_lease], args=[token, ttl_ms]) == 1
+
+    def release_lease(self, token: str) -> bool:
+        return self._run["release_lease"](keys=[self._keys.dispatcher_lease], args=[token]) == 1

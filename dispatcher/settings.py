@@ -29,7 +29,11 @@ class Settings:
     beta: float = 0.3  # load-aware: weight of GPU memory utilization
     gamma: float = 0.1  # load-aware: floor, so an idle node's weight stays finite
     submit_chunk: int = 1000  # jobs per pipelined round trip when submitting
-    result_ttl_s: int = 7 * 24 * 3600  # how long rq keeps results (and finished jobs)
+    result_ttl_s: int = 7 * 24 * 3600  # how long rq keeps results (and finished/failed jobs)
+    node_loss_retries: int = 2  # a job whose node died runs again up to max(this, its retries) times
+    retry_base_s: float = 1.0  # first retry backoff; doubles per attempt, with jitter
+    retry_cap_s: float = 60.0  # longest retry backoff
+    lease_ttl_s: float = 3.0  # a standby dispatcher takes over within this long
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0 or self.heartbeat_ttl_s <= self.heartbeat_interval_s:

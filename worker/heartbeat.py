@@ -37,7 +37,7 @@ class NodeInfo:
 
 
 def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, models: tuple[str, ...] = (),
-                     draining: bool = False, now_s: float | None = None) -> dict[str, str]:  # fmt: skip
+                     now_s: float | None = None) -> dict[str, str]:  # fmt: skip
     """The heartbeat HASH for one instant (pure)."""
     mem_total = sum(g.mem_total_gib for g in reading.gpus)
     fields = {
@@ -58,7 +58,6 @@ def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, model
         "gpu_mem_free_gib": f"{mem_total - sum(g.mem_used_gib for g in reading.gpus):.3f}" if reading.gpus else "",
         "gpus": json.dumps([g.__dict__ for g in reading.gpus]),
         "models": ",".join(models),
-        "draining": "1" if draining else "0",
         "probe": reading.probe,
         "version": VERSION,
         "labels": json.dumps(dict(info.labels)),

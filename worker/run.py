@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rq import Queue, SimpleWorker
-from rq.job import Job, JobStatus
+from rq import Queue
 
 from dispatcher.connection import connect
 from dispatcher.job import SERIALIZER, job_class
@@ -29,6 +28,7 @@ from dispatcher.settings import Settings
 from . import context
 from .gpu import make_probe
 from .heartbeat import Heartbeat, NodeInfo
+from .node_worker import STOP_DRAIN_MARK, NodeWorker
 from .stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -36,25 +36,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ALLOW = ("worker.tasks",)
 RESTART_BACKOFF_S = 0.5
 MAX_RESTART_BACKOFF_S = 30.0
-
-
-class NodeWorker(SimpleWorker):
-    """A SimpleWorker that keeps the node's counters for its heartbeat."""
-
-    def __init__(self, *args: Any, stats: NodeStats, slot: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stats = stats
-        self.slot = slot
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        self.stats.job_started(self.slot)
-        started = time.perf_counter()
-        ok = False
-        try:
-            super().execute_job(job, queue)
-            ok = job.get_status(refresh=False) == JobStatus.FINISHED
-        finally:
-            self.stats.job_ended(time.perf_counter() - started, ok, self.slot)
 
 
 @dataclass(frozen=True)
@@ -98,7 +79,10 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
         else:
             supervise_slots(settings, opts, stats)
     finally:
-        heartbeat.stop()
+        heartbeat.stop()  # liveness gone: the dispatcher hands back whatever is still queued here
+        drain_flag = keys.drain_flag(opts.node_id)
+        if r.get(drain_flag) == STOP_DRAIN_MARK.encode():
+            r.delete(drain_flag)
         log.info("worker stopped node=%s", opts.node_id)
 
 
@@ -113,6 +97,7 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
     queue = Queue(keys.node_queue(opts.node_id), connection=r, serializer=SERIALIZER, job_class=cls)
     context.set_current(context.NodeContext(node_id=opts.node_id, sim_speed=opts.sim_speed))
     worker = NodeWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats, slot=slot,
+                        node_id=opts.node_id, settings=settings,
                         name=f"{opts.node_id}.{slot}.{os.getpid()}.{secrets.token_hex(2)}")  # fmt: skip
     worker.work(burst=opts.burst, logging_level=logging.getLevelName(logging.getLogger("rq").getEffectiveLevel()))
 
@@ -120,6 +105,7 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
 def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats) -> None:
     """Run `capacity` slot processes; restart one that dies (with backoff) until stopped."""
     mp = multiprocessing.get_context("spawn")
+    r = connect(settings.redis_url)
     level = logging.getLogger().getEffectiveLevel()
     stopping = threading.Event()
 
@@ -129,6 +115,7 @@ def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats) -
         return p
 
     def forward(signum: int, frame: Any) -> None:
+        r.set(Keys(settings.namespace).drain_flag(opts.node_id), STOP_DRAIN_MARK, nx=True)
         stopping.set()
         for p in procs.values():
             if p.is_alive() and p.pid:

@@ -14,8 +14,8 @@ def test_from_hash_reads_every_field() -> None:
     h = {"ts": "100.0", "capacity": "4", "running": "2", "completed": "9", "failed": "1", "gpu_util": "0.5",
          "mem_util": "0.25", "gpu_count": "2", "gpu_name": "H200", "gpu_mem_total_gib": "80",
          "gpu_mem_free_gib": "60", "service_time_s": "0.2", "speed": "2", "weight": "3", "models": "a,b",
-         "draining": "1", "probe": "nvml", "labels": '{"zone": "x"}'}  # fmt: skip
-    n = NodeState.from_hash("n1", h, alive=True, queued=5, now_s=101.5)
+         "probe": "nvml", "labels": '{"zone": "x"}'}  # fmt: skip
+    n = NodeState.from_hash("n1", h, alive=True, queued=5, now_s=101.5, draining=True)
     assert (n.capacity, n.running, n.queued, n.load, n.completed, n.failed) == (4, 2, 5, 7, 9, 1)
     assert (n.gpu_util, n.mem_util, n.gpu_count, n.gpu_name) == (0.5, 0.25, 2, "H200")
     assert (n.gpu_mem_total_gib, n.gpu_mem_free_gib, n.service_time_s, n.speed, n.weight) == (80, 60, 0.2, 2, 3)
