@@ -78,6 +78,26 @@ def find_node_jobs(r: Redis, keys: Keys, node_id: str, *, include_running: bool)
     return jobs
 
 
+def requeue_node(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str, *,
+                 include_running: bool, only: set[str] | None = None) -> RequeueReport:  # fmt: skip
+    """Give a node's jobs (or just those in `only`) back to the front of their ingress, in
+    order; a running one is retried, or failed "node <id> lost" past its retry limit."""
+    jobs = find_node_jobs(r, keys, node_id, include_running=include_running)
+    if only is not None:
+        jobs = [j for j in jobs if j.place.job_id in only]
+    limit = settings.node_loss_retries
+    back = [j for j in jobs if not j.running or may_retry(j.attempts, max(j.retries, limit))]
+    doomed = [j for j in jobs if j not in back]
+    returned = 0
+    for priority in PRIORITIES:
+        places = [j.place for j in back if j.priority == priority]
+        returned += sum(scripts.return_to_ingress(priority, places, at_front=True))
+    endings = [Ending(j.place, Keys.rq_failed(keys.node_queue(node_id)), f"node {node_id} lost") for j in doomed]
+    failed = sum(scripts.end_jobs(endings, status="failed", counter=BatchCounter.FAILED, ttl_s=settings.result_ttl_s))
+    retried = sum(1 for j in back if j.running)
+    return RequeueReport(requeued=returned - retried, retried=retried, failed=failed)
+
+
 class Health:
     """Acts on dead and draining nodes and on due retries, once per node snapshot."""
 
@@ -101,21 +121,7 @@ class Health:
         self.promote_due_retries(time.time() if now_s is None else now_s)
 
     def requeue_node(self, node_id: str, *, include_running: bool) -> RequeueReport:
-        """Give a node's jobs back; the running one is retried or failed (node lost)."""
-        jobs = find_node_jobs(self._r, self._keys, node_id, include_running=include_running)
-        limit = self._settings.node_loss_retries
-        back = [j for j in jobs if not j.running or may_retry(j.attempts, max(j.retries, limit))]
-        doomed = [j for j in jobs if j not in back]
-        returned = 0
-        for priority in PRIORITIES:
-            places = [j.place for j in back if j.priority == priority]
-            returned += sum(self._scripts.return_to_ingress(priority, places, at_front=True))
-        endings = [Ending(j.place, Keys.rq_failed(self._keys.node_queue(node_id)), f"node {node_id} lost")
-                   for j in doomed]  # fmt: skip
-        failed = sum(self._scripts.end_jobs(endings, status="failed", counter=BatchCounter.FAILED,
-                                            ttl_s=self._settings.result_ttl_s))  # fmt: skip
-        retried = sum(1 for j in back if j.running)
-        return RequeueReport(requeued=returned - retried, retried=retried, failed=failed)
+        return requeue_node(self._r, self._keys, self._scripts, self._settings, node_id, include_running=include_running)
 
     def promote_due_retries(self, now_s: float) -> int:
         """Jobs whose retry backoff has passed go to the back of their ingress."""

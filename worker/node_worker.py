@@ -45,18 +45,23 @@ class NodeWorker(SimpleWorker):
         self.stats = stats
         self.slot = slot
         self._rng = random.Random()
+        self.unfinished_job_id: str | None = None  # set while a job's outcome is not yet recorded
+        self.stop_requested = False  # rq raises StopRequested when idle without keeping a flag
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.stats.job_started(self.slot)
+        self.unfinished_job_id = job.id
         started = time.perf_counter()
         ok = False
         try:
             super().execute_job(job, queue)
             ok = job.get_status(refresh=False) == JobStatus.FINISHED
+            self.unfinished_job_id = None
         finally:
             self.stats.job_ended(time.perf_counter() - started, ok, self.slot)
 
     def request_stop(self, signum: Any, frame: Any) -> None:
+        self.stop_requested = True
         self.connection.set(self.keys.drain_flag(self.node_id), STOP_DRAIN_MARK, nx=True)
         super().request_stop(signum, frame)
 

@@ -18,11 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from rq import Queue
 
 from dispatcher.connection import connect
+from dispatcher.health import requeue_node
 from dispatcher.job import SERIALIZER, job_class
 from dispatcher.keys import RQ_QUEUES, Keys
+from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings
 
 from . import context
@@ -96,10 +99,31 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
     cls = job_class(keys, tuple(opts.allow))
     queue = Queue(keys.node_queue(opts.node_id), connection=r, serializer=SERIALIZER, job_class=cls)
     context.set_current(context.NodeContext(node_id=opts.node_id, sim_speed=opts.sim_speed))
-    worker = NodeWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats, slot=slot,
-                        node_id=opts.node_id, settings=settings,
-                        name=f"{opts.node_id}.{slot}.{os.getpid()}.{secrets.token_hex(2)}")  # fmt: skip
-    worker.work(burst=opts.burst, logging_level=logging.getLevelName(logging.getLogger("rq").getEffectiveLevel()))
+    backoff_s = RESTART_BACKOFF_S
+    while True:
+        worker = NodeWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats, slot=slot,
+                            node_id=opts.node_id, settings=settings,
+                            name=f"{opts.node_id}.{slot}.{os.getpid()}.{secrets.token_hex(2)}")  # fmt: skip
+        try:
+            worker.work(burst=opts.burst,
+                        logging_level=logging.getLevelName(logging.getLogger("rq").getEffectiveLevel()))  # fmt: skip
+        except redis.RedisError as e:  # rq's teardown talks to Redis too
+            log.error("worker loop broke on a redis error node=%s error=%s", opts.node_id, e)
+        if worker.stop_requested or (opts.burst and worker.unfinished_job_id is None):
+            return
+        # rq's loop ends on an error it cannot handle (Redis gone while a job's outcome was being
+        # written): wait for Redis, give back the job it was running, start over.
+        log.warning("worker loop ended, restarting node=%s slot=%d in=%.1fs", opts.node_id, slot, backoff_s)
+        time.sleep(backoff_s)
+        backoff_s = min(MAX_RESTART_BACKOFF_S, backoff_s * 2)
+        try:
+            r.ping()
+            if worker.unfinished_job_id:
+                requeue_node(r, keys, Scripts(r, keys), settings, opts.node_id, include_running=True,
+                             only={worker.unfinished_job_id})  # fmt: skip
+            backoff_s = RESTART_BACKOFF_S
+        except redis.RedisError:
+            continue
 
 
 def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats) -> None:
