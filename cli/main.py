@@ -80,9 +80,11 @@ def _register() -> None:
     from .fleet import dispatcher, worker
     from .jobs import results, submit
     from .local import demo, local
+    from .simulate import simulate
     from .status import status
 
-    for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, demo, local):
+    for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, demo, local,
+                    simulate):
         cli.add_command(command)
 
 

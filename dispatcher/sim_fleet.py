@@ -1,0 +1,191 @@
+"""The simulated fleet: event loops for routed dispatch and for the central-queue bound.
+
+Each node has one slot and a FIFO queue. Events are arrivals (a pre-drawn stream),
+completions (a heap, at most one per node) and heartbeat refreshes (every `stale`).
+Per event the loops do O(1) work of their own; the router and policy calls are the
+O(nodes) part, as in the real dispatcher.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from .models import JobSpec, NodeState
+from .policies import make_policy
+from .router import Router
+from .simulator import SimConfig, Workload
+
+INF = float("inf")
+
+
+@dataclass
+class Outcome:
+    """What a run produced: every job's time in system (arrival order) and per-node totals."""
+
+    node_ids: list[str]
+    time_in_system: list[float]
+    served: list[int]
+    busy_time: list[float]
+    makespan: float
+
+
+def node_ids_for(n: int) -> list[str]:
+    """Zero-padded ids, so node-id order (ties, round robin) is index order."""
+    width = len(str(n - 1))
+    return [f"n{i:0{width}d}" for i in range(n)]
+
+
+class _Nodes:
+    """The true state of the simulated nodes: who runs what, who waits where, for how long."""
+
+    def __init__(self, cfg: SimConfig, work: Workload) -> None:
+        self.ids = node_ids_for(len(cfg.speeds))
+        self.speeds = list(cfg.speeds)
+        self.work = work
+        n = len(self.ids)
+        self.waiting: list[deque[int]] = [deque() for _ in range(n)]
+        self.running = [-1] * n
+        self.started = [0.0] * n
+        self.served = [0] * n
+        self.busy_time = [0.0] * n
+        self.done = [0.0] * len(work.arrivals)
+        self.heap: list[tuple[float, int]] = []
+        self.end = 0.0
+
+    def start(self, job: int, i: int, now: float) -> None:
+        self.running[i] = job
+        self.started[i] = now
+        heapq.heappush(self.heap, (now + self.work.works[job] / self.speeds[i], i))
+
+    def place(self, job: int, i: int, now: float) -> None:
+        if self.running[i] < 0:
+            self.start(job, i, now)
+        else:
+            self.waiting[i].append(job)
+
+    def complete(self, now: float) -> int:
+        """Finish the earliest running job, start the node's next one; returns the node."""
+        _, i = heapq.heappop(self.heap)
+        job = self.running[i]
+        self.done[job] = now - self.work.arrivals[job]
+        self.served[i] += 1
+        self.busy_time[i] += now - self.started[i]
+        self.end = now
+        if self.waiting[i]:
+            self.start(self.waiting[i].popleft(), i, now)
+        else:
+            self.running[i] = -1
+        return i
+
+    def held(self, i: int) -> int:
+        return len(self.waiting[i]) + (self.running[i] >= 0)
+
+    def heartbeat(self, i: int, base: NodeState) -> NodeState:
+        """What node i's worker would report now."""
+        busy = 1.0 if self.running[i] >= 0 else 0.0
+        return NodeState(
+            node_id=base.node_id,
+            capacity=1,
+            queued=len(self.waiting[i]),
+            running=int(busy),
+            gpu_util=busy,
+            mem_util=busy,
+            service_time_s=base.service_time_s,
+            speed=base.speed,
+            weight=base.weight,
+        )
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.ids, self.done, self.served, self.busy_time, self.end)
+
+
+def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
+    """Dispatch through make_policy + Router, with late binding unless max_node_queue=0."""
+    fleet = _Nodes(cfg, work)
+    index = {node_id: i for i, node_id in enumerate(fleet.ids)}
+    base = [NodeState(node_id=nid, speed=s, weight=s, service_time_s=1.0 / s) for nid, s in zip(fleet.ids, cfg.speeds)]
+    policy = make_policy(cfg.policy, rng=random.Random(f"{cfg.seed}:policy"))
+    router = Router(policy, prefetch=cfg.prefetch, max_node_queue=cfg.max_node_queue, affinity_epsilon=cfg.affinity_epsilon)
+    specs = [JobSpec(func="sim", affinity=f"k{k}") for k in range(cfg.affinity_keys)]
+    plain = JobSpec(func="sim")
+    fresh = cfg.stale == 0
+    views = list(base)  # what the router sees
+    dirty: set[int] = set()  # fresh mode: nodes whose view is out of date
+    held = {node_id: 0 for node_id in fleet.ids}  # stale mode: current job counts for the bound
+    ingress: deque[int] = deque()
+    bounded = cfg.max_node_queue != 0
+
+    def try_route(job: int, now: float) -> bool:
+        if fresh:
+            for i in dirty:
+                views[i] = fleet.heartbeat(i, base[i])
+            dirty.clear()
+        key = work.keys[job]
+        spec = specs[key] if key >= 0 else plain
+        moves, after = router.route([("", spec)], views, held=None if fresh else held)
+        if not moves:
+            return False
+        i = index[moves[0][1]]
+        if fresh:
+            dirty.add(i)
+        else:
+            held[fleet.ids[i]] += 1
+            if cfg.inflight_accounting:
+                views[i] = after[i]
+        fleet.place(job, i, now)
+        return True
+
+    next_job, n_jobs = 0, len(work.arrivals)
+    next_refresh = cfg.stale if not fresh else INF
+    while next_job < n_jobs or fleet.heap:
+        t_arrival = work.arrivals[next_job] if next_job < n_jobs else INF
+        t_done = fleet.heap[0][0] if fleet.heap else INF
+        if next_refresh <= t_arrival and next_refresh <= t_done:
+            views = [fleet.heartbeat(i, base[i]) for i in range(len(base))]
+            next_refresh += cfg.stale
+        elif t_done <= t_arrival:
+            i = fleet.complete(t_done)
+            if fresh:
+                dirty.add(i)
+            else:
+                held[fleet.ids[i]] -= 1
+            if ingress and try_route(ingress[0], t_done):
+                ingress.popleft()
+        else:
+            job, next_job = next_job, next_job + 1
+            if not (bounded and ingress) and try_route(job, t_arrival):
+                continue
+            ingress.append(job)
+    if ingress:  # only when no node could ever take them (none eligible)
+        raise RuntimeError(f"{len(ingress)} jobs were never placed")
+    return fleet.outcome()
+
+
+def run_central_queue(cfg: SimConfig, work: Workload) -> Outcome:
+    """The reference: one FIFO every node pulls from as it frees up; an arrival that finds
+    several nodes idle goes to the fastest (ties: lowest id)."""
+    fleet = _Nodes(cfg, work)
+    idle = [(-s, i) for i, s in enumerate(cfg.speeds)]
+    heapq.heapify(idle)
+    fifo: deque[int] = deque()
+    next_job, n_jobs = 0, len(work.arrivals)
+    while next_job < n_jobs or fleet.heap:
+        t_arrival = work.arrivals[next_job] if next_job < n_jobs else INF
+        if fleet.heap and fleet.heap[0][0] <= t_arrival:
+            now = fleet.heap[0][0]
+            i = fleet.complete(now)
+            if fleet.running[i] < 0:
+                if fifo:
+                    fleet.start(fifo.popleft(), i, now)
+                else:
+                    heapq.heappush(idle, (-fleet.speeds[i], i))
+        else:
+            job, next_job = next_job, next_job + 1
+            if idle:
+                fleet.start(job, heapq.heappop(idle)[1], t_arrival)
+            else:
+                fifo.append(job)
+    return fleet.outcome()

@@ -1,0 +1,137 @@
+"""The router: late binding, in-flight accounting, and session persistence by rendezvous
+hashing with bounded loads."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from dispatcher.affinity import load_cap, rendezvous_order, rendezvous_score
+from dispatcher.models import JobSpec, NodeState
+from dispatcher.policies import LeastConnections, ShortestExpectedDelay
+from dispatcher.router import Router
+
+JOB = JobSpec(func="m:f")
+
+
+def node(node_id: str, **fields: Any) -> NodeState:
+    """A node with defaults and only the fields the scenario is about."""
+    return NodeState(node_id=node_id, **fields)
+
+
+def jobs(n: int, spec: JobSpec = JOB) -> list[tuple[str, JobSpec]]:
+    return [(f"j{i}", spec) for i in range(n)]
+
+
+def keyed(keys: list[str]) -> list[tuple[str, JobSpec]]:
+    return [(f"j{i}", JobSpec(func="m:f", affinity=k)) for i, k in enumerate(keys)]
+
+
+def test_full_fleet_leaves_the_job_in_the_ingress() -> None:
+    """capacity 1 + prefetch 2 = 3 jobs per node; a fourth waits for whichever frees first."""
+    router = Router(ShortestExpectedDelay(), prefetch=2)
+    moves, _ = router.route(jobs(1), [node("a", running=1, queued=2), node("b", running=1, queued=2)])
+    assert moves == []
+
+
+def test_late_binding_fills_nodes_only_to_capacity_plus_prefetch() -> None:
+    router = Router(LeastConnections(), prefetch=1)
+    moves, after = router.route(jobs(10), [node("a", capacity=2), node("b", capacity=1)])
+    assert Counter(n for _, n in moves) == {"a": 3, "b": 2}
+    assert {n.node_id: n.load for n in after} == {"a": 3, "b": 2}
+
+
+def test_max_node_queue_zero_never_holds_a_job_back() -> None:
+    router = Router(LeastConnections(), max_node_queue=0)
+    moves, _ = router.route(jobs(50), [node("a", running=1, queued=9), node("b", running=1, queued=9)])
+    assert len(moves) == 50
+
+
+def test_a_burst_between_heartbeats_is_spread_not_herded() -> None:
+    """Four nodes that all looked idle in the last heartbeat: eight jobs go two to each,
+    because each placement counts as load for the next pick."""
+    router = Router(ShortestExpectedDelay(), max_node_queue=0)
+    moves, _ = router.route(jobs(8), [node(x) for x in "abcd"])
+    assert Counter(n for _, n in moves) == {"a": 2, "b": 2, "c": 2, "d": 2}
+
+
+def test_fresh_job_counts_override_a_stale_heartbeat_for_the_bound() -> None:
+    """The heartbeat says a is full, but its queue (read this pass) shows it has room."""
+    router = Router(ShortestExpectedDelay(), prefetch=2)
+    nodes = [node("a", running=1, queued=2)]
+    assert router.route(jobs(1), nodes)[0] == []
+    moves, _ = router.route(jobs(5), nodes, held={"a": 1})
+    assert [n for _, n in moves] == ["a", "a"]
+
+
+def test_an_affinity_key_sticks_to_one_node() -> None:
+    router = Router(LeastConnections(), max_node_queue=0)
+    nodes = [node(f"n{i}") for i in range(8)]
+    targets = {router.route(keyed(["user-42"]), nodes)[0][0][1] for _ in range(10)}
+    assert targets == {rendezvous_order("user-42", [n.node_id for n in nodes])[0]}
+
+
+def test_a_node_leaving_moves_only_its_own_keys() -> None:
+    """Rendezvous hashing: removing n3 re-homes exactly the keys that were on n3."""
+    router = Router(LeastConnections(), max_node_queue=0)
+    nodes = [node(f"n{i}") for i in range(10)]
+    keys = [f"session-{i}" for i in range(1000)]
+
+    def home(fleet: list[NodeState]) -> dict[str, str]:
+        # one key at a time on an idle fleet, so only the hash decides
+        return {k: router.route(keyed([k]), fleet)[0][0][1] for k in keys}
+
+    before = home(nodes)
+    after = home([n for n in nodes if n.node_id != "n3"])
+    moved = {k for k in keys if before[k] != after[k]}
+    assert moved == {k for k in keys if before[k] == "n3"}
+    assert 50 < len(moved) < 150  # about a tenth of the keys lived there
+
+
+def test_a_node_joining_takes_keys_only_for_itself() -> None:
+    router = Router(LeastConnections(), max_node_queue=0)
+    nodes = [node(f"n{i}") for i in range(10)]
+    keys = [f"session-{i}" for i in range(1000)]
+    before = {k: router.route(keyed([k]), nodes)[0][0][1] for k in keys}
+    after = {k: router.route(keyed([k]), [*nodes, node("n10")])[0][0][1] for k in keys}
+    assert {after[k] for k in keys if before[k] != after[k]} == {"n10"}
+
+
+def test_bounded_load_holds_for_a_hot_key() -> None:
+    """100 jobs of one key on 5 nodes with epsilon 0.25: no node ever holds more than
+    ceil(1.25 x mean), and the overflow goes down the key's rendezvous order."""
+    router = Router(LeastConnections(), max_node_queue=0, affinity_epsilon=0.25)
+    nodes = [node(f"n{i}") for i in range(5)]
+    for placed_so_far in range(1, 101):
+        moves, nodes = router.route(keyed(["hot"]), nodes)
+        assert max(n.load for n in nodes) <= math.ceil(1.25 * placed_so_far / 5)
+    order = rendezvous_order("hot", [n.node_id for n in nodes])
+    loads = {n.node_id: n.load for n in nodes}
+    assert loads[order[0]] == max(loads.values())
+
+
+def test_an_overloaded_affine_node_sends_the_job_to_the_next_in_rendezvous_order() -> None:
+    ids = [f"n{i}" for i in range(4)]
+    first, second = rendezvous_order("k", ids)[:2]
+    nodes = [node(i, queued=9 if i == first else 0) for i in ids]
+    moves, _ = Router(LeastConnections(), max_node_queue=0).route(keyed(["k"]), nodes)
+    assert moves == [("j0", second)]
+
+
+def test_affinity_skips_draining_and_full_nodes() -> None:
+    ids = [f"n{i}" for i in range(4)]
+    first, second, third = rendezvous_order("k", ids)[:3]
+    nodes = [node(i, draining=i == first, running=1, queued=2) if i in (first, second) else node(i) for i in ids]
+    moves, _ = Router(LeastConnections(), prefetch=2).route(keyed(["k"]), nodes)
+    assert moves == [("j0", third)]
+
+
+def test_rendezvous_score_is_stable_across_processes_and_runs() -> None:
+    """blake2b, not Python's salted hash(): this number holds in every process."""
+    assert rendezvous_score("user-42", "n1") == 6785272808181817087
+
+
+def test_load_cap_lets_every_node_of_an_idle_fleet_take_one() -> None:
+    assert load_cap(total_load=0, n_nodes=10, epsilon=0.25) == 1
+    assert load_cap(total_load=99, n_nodes=10, epsilon=0.25) == 13
