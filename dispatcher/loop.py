@@ -58,6 +58,7 @@ class Dispatcher:
         self._nodes: list[NodeState] = []
         self._snapshot_at = float("-inf")
         self._waiting_for_nodes = False
+        self._rounds = 0
         self.moved_total = 0
 
     def refresh(self) -> list[NodeState]:
@@ -73,7 +74,8 @@ class Dispatcher:
         if self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s:
             self.refresh()
         moved = waiting = 0
-        for priority in PRIORITIES:
+        self._rounds += 1
+        for priority in priority_order(self._rounds, self._settings.low_share):
             ingress = self._keys.ingress_queue(priority)
             job_ids = [j.decode() for j in self._r.lrange(Keys.rq_queue(ingress), 0, self._settings.dispatch_batch - 1)]
             if not job_ids:
@@ -139,6 +141,15 @@ class Dispatcher:
             stop.wait(FULL_FLEET_POLL_S)
         else:
             self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
+
+
+def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:
+    """Which ingress is served first in this round: high, normal, low, except that one round in
+    1/low_share serves low first, so low keeps a small share of freed slots and never starves."""
+    every = max(1, round(1 / low_share)) if low_share > 0 else 0
+    if every and round_no % every == 0:
+        return (PRIORITIES[-1], *PRIORITIES[:-1])
+    return PRIORITIES
 
 
 def _routing_spec(fields: list[bytes | None]) -> JobSpec:

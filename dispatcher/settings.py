@@ -24,7 +24,8 @@ class Settings:
     dispatch_batch: int = 200  # job ids read from an ingress per routing round
     prefetch: int = 2  # a node holds at most capacity + prefetch jobs (late binding)
     max_node_queue: int = -1  # -1: capacity + prefetch; 0: unbounded; N: at most N per node
-    policy: str = "least-connections"
+    policy: str = "shortest-expected-delay"
+    low_share: float = 0.05  # share of routing rounds that serve the low ingress first
     alpha: float = 0.6  # load-aware: weight of GPU utilization
     beta: float = 0.3  # load-aware: weight of GPU memory utilization
     gamma: float = 0.1  # load-aware: floor, so an idle node's weight stays finite
@@ -47,6 +48,8 @@ class Settings:
         for name in ("dispatch_batch", "submit_chunk"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1")
+        if not 0 <= self.low_share < 1:
+            raise SettingsError(f"low_share must be in [0, 1) (got {self.low_share})")
         if self.prefetch < 0 or self.max_node_queue < -1:
             raise SettingsError("prefetch must be >= 0 and max_node_queue >= -1")
 

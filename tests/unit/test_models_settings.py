@@ -6,6 +6,7 @@ import pytest
 
 from dispatcher.connection import mask_url
 from dispatcher.errors import SettingsError
+from dispatcher.loop import priority_order
 from dispatcher.models import NodeState
 from dispatcher.settings import Settings
 
@@ -62,3 +63,10 @@ def test_flags_override_only_what_was_given() -> None:
 )
 def test_mask_url_hides_the_password(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+def test_low_priority_is_served_first_in_its_share_of_rounds() -> None:
+    orders = [priority_order(n, 0.05) for n in range(1, 101)]
+    assert orders.count(("low", "high", "normal")) == 5
+    assert orders.count(("high", "normal", "low")) == 95
+    assert {priority_order(n, 0.0) for n in range(1, 50)} == {("high", "normal", "low")}
