@@ -71,7 +71,8 @@ class Dispatcher:
 
     def dispatch_once(self) -> Round:
         """One routing round over every priority, high first."""
-        if self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s:
+        fresh = self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s
+        if fresh:
             self.refresh()
         moved = waiting = 0
         self._rounds += 1
@@ -85,7 +86,8 @@ class Dispatcher:
             moved += done
             waiting += len(job_ids) - len(moves)
         self.moved_total += moved
-        self._report(moved, waiting)
+        if fresh:  # judge "no live node" on a snapshot taken now, not one from before a node started
+            self._report(moved, waiting)
         return Round(moved, waiting)
 
     def _read_routing(self, job_ids: list[str]) -> list[tuple[str, JobSpec]]:
@@ -116,13 +118,15 @@ class Dispatcher:
                     if backoff_s:
                         log.info("redis reachable again")
                         backoff_s = 0.0
+                    self._pause(stop, rnd)
                 except (redis.ConnectionError, redis.TimeoutError) as e:
                     if not backoff_s:
                         log.error("redis unreachable, retrying with backoff error=%s", e)
                     backoff_s = min(MAX_BACKOFF_S, max(0.1, backoff_s * 2))
                     stop.wait(backoff_s)
-                    continue
-                self._pause(stop, rnd)
+                except Exception:  # a bug or a surprise: keep routing, say what happened
+                    log.exception("dispatch round failed")
+                    stop.wait(1.0)
         finally:
             try:
                 self.lease.release()

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,24 +17,16 @@ from dispatcher.results import iter_results, read_progress
 from dispatcher.settings import Settings
 from worker.fleet import LocalFleet, SimNode
 
+from .support import FAST_ENV, gpufleet, wait_until
+
 NODES = [SimNode("n1", 1.0), SimNode("n2", 2.0), SimNode("n3", 4.0)]
-FAST_HEARTBEAT = {"GPUFLEET_HEARTBEAT_INTERVAL_S": "0.2", "GPUFLEET_HEARTBEAT_TTL_S": "1.0"}
-
-
-def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(poll_s)
-    return value
 
 
 @pytest.fixture(scope="module")
 def fleet(redis_server: RedisServer) -> Iterator[tuple[LocalFleet, redis.Redis]]:
     r = redis.Redis.from_url(redis_server.url)
     r.flushdb()
-    f = LocalFleet(redis_server.url, namespace="itest", env=FAST_HEARTBEAT)
+    f = LocalFleet(redis_server.url, namespace="itest", env=FAST_ENV)
     try:
         f.start_dispatcher()
         for n in NODES:
@@ -47,11 +35,6 @@ def fleet(redis_server: RedisServer) -> Iterator[tuple[LocalFleet, redis.Redis]]
         yield f, r
     finally:
         f.stop()
-
-
-def gpufleet(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", "--redis-url", url, "--namespace", "itest", *args],
-                          capture_output=True, text=True, timeout=30, env={**os.environ, **FAST_HEARTBEAT})  # fmt: skip
 
 
 def test_a_300_job_batch_completes_over_three_workers(fleet: tuple[LocalFleet, redis.Redis],
@@ -71,14 +54,14 @@ def test_a_300_job_batch_completes_over_three_workers(fleet: tuple[LocalFleet, r
     assert all(count > 0 for count in per_node.values()), per_node
     assert per_node["n3"] > per_node["n1"]  # the 4x node frees up more often, so takes more
 
-    out = gpufleet(redis_server.url, "results", receipt.batch_id)
+    out = gpufleet(redis_server.url, "itest", "results", receipt.batch_id)
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 300
     assert json.loads(out.stdout.splitlines()[0])["id"] == "j0"
 
 
 def test_status_json_shows_every_node_heartbeating(fleet: tuple[LocalFleet, redis.Redis],
                                                    redis_server: RedisServer) -> None:  # fmt: skip
-    out = gpufleet(redis_server.url, "status", "--json")
+    out = gpufleet(redis_server.url, "itest", "status", "--json")
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     nodes = {n["node"]: n for n in status["nodes"]}
@@ -94,7 +77,7 @@ def test_a_killed_worker_is_dead_once_its_liveness_key_expires(fleet: tuple[Loca
     f.signal("n1", signal.SIGKILL)
     assert r.pttl(keys.alive("n1")) <= 1000  # nothing refreshes it now: gone within the 1 s TTL
     wait_until(lambda: not r.exists(keys.alive("n1")), 5.0, "n1's liveness key to expire")
-    status = json.loads(gpufleet(redis_server.url, "status", "--json").stdout)
+    status = json.loads(gpufleet(redis_server.url, "itest", "status", "--json").stdout)
     assert {n["node"]: n["state"] for n in status["nodes"]} == {"n1": "dead", "n2": "alive", "n3": "alive"}
 
 
@@ -112,7 +95,7 @@ def max_overlap(records: list[dict]) -> int:  # type: ignore[type-arg]
 def test_a_node_of_capacity_three_runs_jobs_side_by_side(redis_server: RedisServer) -> None:
     """--capacity N runs N slot processes on one node queue, reported by one heartbeat."""
     r = redis.Redis.from_url(redis_server.url)
-    f = LocalFleet(redis_server.url, namespace="cap", env=FAST_HEARTBEAT)
+    f = LocalFleet(redis_server.url, namespace="cap", env=FAST_ENV)
     try:
         f.start_dispatcher()
         f.start_worker(SimNode("wide", 1.0, capacity=3))
