@@ -43,8 +43,9 @@ class RedisServer:
     """A redis-server child process; `url` once started. Persistence off unless `appendonly`."""
 
     def __init__(self, port: int | None = None, *, appendonly: bool = False, data_dir: str | None = None,
-                 binary: str | None = None) -> None:  # fmt: skip
+                 binary: str | None = None, password: str | None = None) -> None:  # fmt: skip
         self.binary = binary
+        self.password = password
         self.port = port or free_port()
         self.appendonly = appendonly
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gpufleet-redis-")
@@ -57,7 +58,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [
@@ -65,8 +67,10 @@ class RedisServer:
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--dir", self.data_dir, "--daemonize", "no", "--loglevel", "warning", "--logfile", self.log_path,
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

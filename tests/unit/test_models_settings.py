@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from redis.connection import SSLConnection
 
-from dispatcher.connection import mask_url
+from dispatcher.connection import connect, mask_url
 from dispatcher.errors import SettingsError
 from dispatcher.loop import priority_order
 from dispatcher.models import NodeState
@@ -70,3 +71,9 @@ def test_low_priority_is_served_first_in_its_share_of_rounds() -> None:
     assert orders.count(("low", "high", "normal")) == 5
     assert orders.count(("high", "normal", "low")) == 95
     assert {priority_order(n, 0.0) for n in range(1, 50)} == {("high", "normal", "low")}
+
+
+def test_a_rediss_url_gives_a_tls_connection() -> None:
+    r = connect("rediss://:pw@redis.example:6380/0", check=False)
+    assert r.connection_pool.connection_class is SSLConnection
+    assert r.connection_pool.connection_kwargs["password"] == "pw"
