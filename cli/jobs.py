@@ -58,7 +58,7 @@ class LazyProgressBar:
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--func", "default_func", metavar="MODULE:FUNCTION",
               help="Function for lines without a 'func' field, e.g. worker.tasks:echo.")  # fmt: skip
 @click.option("--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True,

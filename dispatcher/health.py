@@ -20,6 +20,7 @@ from redis import Redis
 from .job import BatchCounter
 from .keys import PRIORITIES, JobField, Keys
 from .models import NodeState
+from .outliers import FailureRateOutliers
 from .retry import may_retry
 from .scripts import Ending, JobPlace, Scripts
 from .settings import Settings
@@ -104,21 +105,28 @@ class Health:
     def __init__(self, r: Redis, keys: Keys, scripts: Scripts, settings: Settings) -> None:
         self._r, self._keys, self._scripts, self._settings = r, keys, scripts, settings
         self._handled_dead: set[str] = set()  # dead nodes already emptied; forgotten once alive again
+        self._outliers = FailureRateOutliers(settings.outlier_failure_rate, settings.outlier_min_jobs,
+                                             settings.outlier_window_s)  # fmt: skip
 
     def check(self, nodes: Sequence[NodeState], now_s: float | None = None) -> None:
+        now_s = time.time() if now_s is None else now_s
+        for node_id, rate, jobs in self._outliers.observe(nodes, now_s):
+            self._r.set(self._keys.ejected(node_id), f"{rate:.2f}", px=int(self._settings.eject_cooldown_s * 1000))
+            log.warning("node ejected node=%s failure_rate=%.2f jobs=%d cooldown_s=%g", node_id, rate, jobs,
+                        self._settings.eject_cooldown_s)  # fmt: skip
         for n in nodes:
             if n.alive:
                 self._handled_dead.discard(n.node_id)
-                if n.draining and n.queued:
+                if not n.accepting and n.queued:  # draining, ejected or unhealthy: hand back its queue
                     report = self.requeue_node(n.node_id, include_running=False)
-                    log.info("node draining node=%s requeued=%d", n.node_id, report.requeued)
+                    log.info("node not accepting, queue handed back node=%s requeued=%d", n.node_id, report.requeued)
             elif n.node_id not in self._handled_dead or n.queued:
                 report = self.requeue_node(n.node_id, include_running=True)
                 self._handled_dead.add(n.node_id)
                 if report != RequeueReport():
                     log.warning("node lost node=%s requeued=%d retried=%d failed=%d", n.node_id,
                                 report.requeued, report.retried, report.failed)  # fmt: skip
-        self.promote_due_retries(time.time() if now_s is None else now_s)
+        self.promote_due_retries(now_s)
 
     def requeue_node(self, node_id: str, *, include_running: bool) -> RequeueReport:
         return requeue_node(self._r, self._keys, self._scripts, self._settings, node_id, include_running=include_running)

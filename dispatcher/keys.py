@@ -62,6 +62,9 @@ class Keys:
     def drain_flag(self, node_id: str) -> str:  # STRING; present = route nothing there (drain/SIGTERM)
         return f"{self.namespace}:node:{node_id}:drain"
 
+    def ejected(self, node_id: str) -> str:  # STRING with TTL = cool-down; present = node ejected
+        return f"{self.namespace}:node:{node_id}:ejected"
+
     def retry_schedule(self, priority: str) -> str:  # ZSET job id -> unix time its retry is due
         return f"{self.namespace}:retry:{priority}"
 

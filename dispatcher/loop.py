@@ -100,7 +100,7 @@ class Dispatcher:
     def _report(self, moved: int, waiting: int) -> None:
         """One log line when jobs start waiting for want of a live node, and one when nodes are
         back; a full fleet is normal (late binding) and logs nothing."""
-        no_live_node = bool(waiting) and not any(n.alive and not n.draining for n in self._nodes)
+        no_live_node = bool(waiting) and not any(n.accepting for n in self._nodes)
         if no_live_node and not self._waiting_for_nodes:
             log.warning("no live node: jobs wait in the ingress waiting>=%d", waiting)
         elif self._waiting_for_nodes and not no_live_node:

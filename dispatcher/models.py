@@ -32,7 +32,10 @@ class NodeState:
 
     node_id: str
     alive: bool = True
-    draining: bool = False
+    draining: bool = False  # `gpufleet drain`, or a worker stopping
+    ejected: bool = False  # failing too often: out of routing for a cool-down
+    healthy: bool = True  # False when NVML reports a GPU error
+    health_reason: str = ""
     capacity: int = 1
     queued: int = 0
     running: int = 0
@@ -54,6 +57,11 @@ class NodeState:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def accepting(self) -> bool:
+        """Whether routing may send this node anything now."""
+        return self.alive and self.healthy and not self.draining and not self.ejected
+
+    @property
     def load(self) -> int:
         """Jobs on the node: waiting in its queue plus running."""
         return self.queued + self.running
@@ -72,6 +80,7 @@ class NodeState:
         queued: int,
         now_s: float,
         draining: bool = False,
+        ejected: bool = False,
     ) -> NodeState:
         """Parse a decoded heartbeat HASH; a missing or garbled field takes its default."""
         sent_at = _float(h, "ts", now_s)
@@ -80,6 +89,9 @@ class NodeState:
             node_id=node_id,
             alive=alive,
             draining=draining,
+            ejected=ejected,
+            healthy=h.get("healthy", "1") != "0",
+            health_reason=h.get("health_reason", ""),
             capacity=max(1, _int(h, "capacity", 1)),
             queued=queued,
             running=_int(h, "running", 0),

@@ -26,8 +26,9 @@ class Policy(Protocol):
 
 
 def eligible(job: JobSpec, nodes: Sequence[NodeState]) -> list[NodeState]:
-    """Nodes that may take `job` at all: alive, not draining, enough free GPU memory."""
-    return [n for n in nodes if n.alive and not n.draining and n.gpu_mem_free_gib >= job.gpu_mem_gib]
+    """Nodes that may take `job` at all: accepting (alive, healthy, neither draining nor
+    ejected) with enough free GPU memory."""
+    return [n for n in nodes if n.accepting and n.gpu_mem_free_gib >= job.gpu_mem_gib]
 
 
 def candidates(job: JobSpec, nodes: Sequence[NodeState]) -> list[NodeState]:

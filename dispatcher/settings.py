@@ -35,6 +35,10 @@ class Settings:
     retry_base_s: float = 1.0  # first retry backoff; doubles per attempt, with jitter
     retry_cap_s: float = 60.0  # longest retry backoff
     lease_ttl_s: float = 3.0  # a standby dispatcher takes over within this long
+    outlier_failure_rate: float = 0.5  # eject a node when this share of its recent jobs failed...
+    outlier_min_jobs: int = 10  # ...out of at least this many...
+    outlier_window_s: float = 60.0  # ...ended within this window
+    eject_cooldown_s: float = 30.0  # how long an ejected node gets no jobs
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0 or self.heartbeat_ttl_s <= self.heartbeat_interval_s:

@@ -16,7 +16,7 @@ def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def read_nodes(r: Redis, keys: Keys, now_s: float | None = None) -> list[NodeState]:
-    """All nodes that ever sent a heartbeat, sorted by id: heartbeat, liveness, queue length, drain flag."""
+    """All nodes that ever sent a heartbeat, sorted by id: heartbeat, liveness, queue length, drain and eject flags."""
     node_ids = sorted(m.decode() for m in r.smembers(keys.nodes))
     if not node_ids:
         return []
@@ -26,10 +26,11 @@ def read_nodes(r: Redis, keys: Keys, now_s: float | None = None) -> list[NodeSta
             p.exists(keys.alive(node_id))
             p.llen(Keys.rq_queue(keys.node_queue(node_id)))
             p.exists(keys.drain_flag(node_id))
+            p.exists(keys.ejected(node_id))
         replies = p.execute()
     now_s = time.time() if now_s is None else now_s
     return [
         NodeState.from_hash(node_id, decode_hash(hb), alive=bool(alive), queued=int(queued), draining=bool(drain),
-                            now_s=now_s)  # fmt: skip
-        for node_id, hb, alive, queued, drain in zip(node_ids, *(replies[i::4] for i in range(4)))
+                            ejected=bool(ejected), now_s=now_s)  # fmt: skip
+        for node_id, hb, alive, queued, drain, ejected in zip(node_ids, *(replies[i::5] for i in range(5)))
     ]

@@ -13,10 +13,14 @@ from .snapshot import read_nodes
 
 
 def node_state_word(n: NodeState) -> str:
-    """alive | draining | dead."""
+    """dead | draining | ejected | unhealthy | alive."""
     if not n.alive:
         return "dead"
-    return "draining" if n.draining else "alive"
+    if n.draining:
+        return "draining"
+    if n.ejected:
+        return "ejected"
+    return "alive" if n.healthy else "unhealthy"
 
 
 def read_status(r: Redis, keys: Keys) -> dict[str, Any]:
@@ -47,6 +51,7 @@ def read_status(r: Redis, keys: Keys) -> dict[str, Any]:
                 "gpu_name": n.gpu_name,
                 "models": list(n.models),
                 "probe": n.probe,
+                "health_reason": n.health_reason,
             }
             for n in nodes
         ],

@@ -28,6 +28,11 @@ class GpuReading:
     util: float  # 0..1
     mem_used_gib: float
     mem_total_gib: float
+    healthy: bool = True
+    problem: str = ""  # why it is unhealthy, as NVML said
+
+
+UNCORRECTED_ECC, VOLATILE_ECC = 1, 0  # NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,14 @@ class Reading:
     gpus: tuple[GpuReading, ...] = ()
     gpu_util: float = 0.0  # mean over GPUs
     mem_util: float = 0.0  # used / total over all GPUs
+
+    @property
+    def healthy(self) -> bool:
+        return all(g.healthy for g in self.gpus)
+
+    @property
+    def problems(self) -> str:
+        return "; ".join(f"gpu{g.index}: {g.problem}" for g in self.gpus if not g.healthy)
 
     @classmethod
     def aggregate(cls, probe: str, gpus: tuple[GpuReading, ...]) -> Reading:
@@ -67,22 +80,32 @@ class NvmlProbe:
         self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
 
     def read(self) -> Reading:
+        return Reading.aggregate(self.name, tuple(self._read_gpu(i, h) for i, h in enumerate(self._handles)))
+
+    def _read_gpu(self, index: int, h: Any) -> GpuReading:
+        """One GPU; an NVML error (GPU lost, Xid) or uncorrected ECC errors mark it unhealthy."""
         nvml = self._nvml
-        gpus = []
-        for i, h in enumerate(self._handles):
+        try:
             name = nvml.nvmlDeviceGetName(h)
             util = nvml.nvmlDeviceGetUtilizationRates(h)
             mem = nvml.nvmlDeviceGetMemoryInfo(h)
-            gpus.append(
-                GpuReading(
-                    index=i,
-                    name=name.decode() if isinstance(name, bytes) else str(name),
-                    util=util.gpu / 100.0,
-                    mem_used_gib=mem.used / GIB,
-                    mem_total_gib=mem.total / GIB,
-                )
-            )
-        return Reading.aggregate(self.name, tuple(gpus))
+        except Exception as e:  # pynvml raises NVMLError subclasses, e.g. NVMLError_GpuIsLost
+            return GpuReading(index, "", 0.0, 0.0, 0.0, healthy=False, problem=f"NVML error: {e}")
+        problem = ""
+        try:
+            ecc = nvml.nvmlDeviceGetTotalEccErrors(h, UNCORRECTED_ECC, VOLATILE_ECC)
+            problem = f"{ecc} uncorrected ECC errors" if ecc else ""
+        except Exception:  # ECC off or not supported on this GPU: nothing to report
+            pass
+        return GpuReading(
+            index=index,
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            util=util.gpu / 100.0,
+            mem_used_gib=mem.used / GIB,
+            mem_total_gib=mem.total / GIB,
+            healthy=not problem,
+            problem=problem,
+        )
 
 
 class CpuProbe:

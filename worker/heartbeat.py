@@ -58,6 +58,8 @@ def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, model
         "gpu_mem_free_gib": f"{mem_total - sum(g.mem_used_gib for g in reading.gpus):.3f}" if reading.gpus else "",
         "gpus": json.dumps([g.__dict__ for g in reading.gpus]),
         "models": ",".join(models),
+        "healthy": "1" if reading.healthy else "0",
+        "health_reason": reading.problems,
         "probe": reading.probe,
         "version": VERSION,
         "labels": json.dumps(dict(info.labels)),

@@ -56,7 +56,7 @@ def test_load_aware_with_a_zero_gamma_is_refused(monkeypatch: pytest.MonkeyPatch
 
 def test_a_missing_job_file_exits_2_naming_it(tmp_path: Path) -> None:
     code, out = run("--redis-url", "redis://127.0.0.1:1/0", "submit", str(tmp_path / "nope.jsonl"))
-    assert code in (1, 2) and "Traceback" not in out
+    assert code == 2 and "nope.jsonl' does not exist" in out and "Traceback" not in out
 
 
 def test_render_status_shows_nodes_and_ingress() -> None:
