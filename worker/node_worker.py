@@ -16,6 +16,7 @@ import random
 import time
 from typing import Any
 
+import redis
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -31,6 +32,13 @@ from .stats import NodeStats
 log = logging.getLogger(__name__)
 
 STOP_DRAIN_MARK = "stopping"  # drain flag value a stopping worker sets (and clears on exit)
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class OutcomeNotRecorded(Exception):
+    """Raised when Redis failed while a job's result was being written: not the job's fault,
+    so it must not count as the job failing. It ends rq's loop; run.work_slot then gives the
+    job back once Redis answers again."""
 
 
 class NodeWorker(SimpleWorker):
@@ -83,9 +91,17 @@ class NodeWorker(SimpleWorker):
             p.execute()
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
-        if self._is_stale(job):
-            return self._drop_stale(job, execution)
-        super().handle_job_success(job, queue, started_job_registry, execution)
+        try:
+            if self._is_stale(job):
+                return self._drop_stale(job, execution)
+            super().handle_job_success(job, queue, started_job_registry, execution)
+        except REDIS_DOWN as e:
+            raise OutcomeNotRecorded(str(e)) from e
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
+        if isinstance(exc_info[1], OutcomeNotRecorded):
+            raise exc_info[1]
+        super()._finalize_failure(job, queue, execution, exc_info)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Execution | None = None) -> None:  # fmt: skip
