@@ -23,7 +23,7 @@ from rq.job import JobStatus
 from rq.utils import now
 
 from .errors import GpufleetError, JobFileError
-from .job import SERIALIZER, BatchCounter, job_class
+from .job import SERIALIZER, BatchCounter, job_class, wake_dispatcher
 from .jobfile import check_func, func_path, read_jobs
 from .keys import RQ_QUEUES, JobField, Keys
 from .models import JobSpec
@@ -73,8 +73,7 @@ class Submitter:
                     self._stage(p, spec, batch_id)
                 for priority in {spec.priority for spec in chunk}:
                     p.sadd(RQ_QUEUES, Keys.rq_queue(self._keys.ingress_queue(priority)))
-                p.rpush(self._keys.dispatch_wakeup, 1)
-                p.ltrim(self._keys.dispatch_wakeup, 0, 0)
+                wake_dispatcher(p, self._keys)
                 p.execute()
             total += len(chunk)
             if progress:

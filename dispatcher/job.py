@@ -28,6 +28,12 @@ class BatchCounter:
     CANCELED = "canceled"
 
 
+def wake_dispatcher(pipeline: Pipeline, keys: Keys) -> None:
+    """Leave one wake-up token (never more) for a dispatcher waiting in BLPOP."""
+    pipeline.rpush(keys.dispatch_wakeup, 1)
+    pipeline.ltrim(keys.dispatch_wakeup, 0, 0)
+
+
 class FleetJob(Job):
     """An rq Job that knows its batch and counts its attempts and outcomes."""
 
@@ -75,6 +81,8 @@ class FleetJob(Job):
         self._count(BatchCounter.FAILED, pipeline)
 
     def _count(self, counter: str, pipeline: Pipeline) -> None:
+        """Count the outcome, and wake the dispatcher: a slot just freed up on this node."""
+        wake_dispatcher(pipeline, self.keys)
         if self.batch_id:
             pipeline.hincrby(self.keys.batch_info(self.batch_id), counter, 1)
 

@@ -73,7 +73,7 @@ class Keys:
         return f"{self.namespace}:dispatcher:lease"
 
     @property
-    def dispatch_wakeup(self) -> str:  # LIST; submit pushes a token so an idle dispatcher wakes now
+    def dispatch_wakeup(self) -> str:  # LIST of <= 1 token: submits and job ends wake a waiting dispatcher
         return f"{self.namespace}:dispatch:wakeup"
 
     @staticmethod

@@ -28,7 +28,6 @@ from .snapshot import read_nodes
 
 log = logging.getLogger(__name__)
 
-FULL_FLEET_POLL_S = 0.005  # jobs wait and every node is full: re-read nodes this often
 MAX_BACKOFF_S = 5.0
 
 
@@ -78,6 +77,9 @@ class Dispatcher:
         self._rounds += 1
         for priority in priority_order(self._rounds, self._settings.low_share):
             ingress = self._keys.ingress_queue(priority)
+            if not any(n.accepting and self.router.has_room(n) for n in self._nodes):
+                waiting += self._r.llen(Keys.rq_queue(ingress))  # no room anywhere: read no job
+                continue
             job_ids = [j.decode() for j in self._r.lrange(Keys.rq_queue(ingress), 0, self._settings.dispatch_batch - 1)]
             if not job_ids:
                 continue
@@ -134,17 +136,16 @@ class Dispatcher:
                 pass
 
     def _pause(self, stop: threading.Event, rnd: Round | None) -> None:
-        """Wait before the next round: not at all after moving jobs, briefly while every node
-        is full, else until a submit wakes us or the next snapshot is due."""
+        """Wait before the next round: not at all after moving jobs; else until a submit or a
+        job's end wakes us (a job ending frees a slot) or the next snapshot is due."""
         if rnd is None:  # standing by
             stop.wait(self._settings.lease_ttl_s / 3)
-        elif rnd.moved:
             return
-        elif rnd.waiting:
-            self._snapshot_at = min(self._snapshot_at, self._clock() - self._settings.snapshot_interval_s)
-            stop.wait(FULL_FLEET_POLL_S)
-        else:
-            self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
+        if rnd.moved:
+            return
+        woken = self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
+        if woken and rnd.waiting:  # a slot may have freed up: look at the nodes again now
+            self._snapshot_at = float("-inf")
 
 
 def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from dispatcher.job import FleetJob
+from dispatcher.job import FleetJob, wake_dispatcher
 from dispatcher.keys import JobField, Keys
 from dispatcher.retry import may_retry, retry_delay_s
 from dispatcher.settings import Settings
@@ -128,5 +128,6 @@ class NodeWorker(SimpleWorker):
             p.hset(job.key, mapping={"origin": self.keys.ingress_queue(priority), JobField.NODE: ""})
             p.zadd(self.keys.retry_schedule(priority), {job.id: time.time() + delay_s})
             self.increment_failed_job_count(p)
+            wake_dispatcher(p, self.keys)
             p.execute()
         log.info("job retry scheduled job=%s attempt=%d in=%.2fs", job.id, attempt, delay_s)
