@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from redis import Redis
+from rq.utils import as_text
 
 from .errors import NotFound
 from .job import BatchCounter
@@ -31,7 +32,7 @@ def undrain(r: Redis, keys: Keys, node_id: str) -> None:
 
 def _require_node(r: Redis, keys: Keys, node_id: str) -> None:
     if not r.sismember(keys.nodes, node_id):
-        known = sorted(n.decode() for n in r.smembers(keys.nodes))
+        known = sorted(as_text(n) for n in r.smembers(keys.nodes))
         raise NotFound(f"no node {node_id!r} (known: {', '.join(known) or 'none yet'})")
 
 
@@ -45,7 +46,7 @@ def _job_ids(r: Redis, keys: Keys, target: str) -> Iterator[list[str]]:
     """Chunks of job ids: the jobs of batch `target`, else the job whose id is `target`."""
     if r.exists(keys.batch_info(target)):
         start = 0
-        while ids := [i.decode() for i in r.lrange(keys.batch_jobs(target), start, start + CHUNK - 1)]:
+        while ids := [as_text(i) for i in r.lrange(keys.batch_jobs(target), start, start + CHUNK - 1)]:
             yield ids
             start += CHUNK
     elif r.exists(Keys.rq_job(target)):
@@ -89,9 +90,9 @@ def requeue_failed(r: Redis, settings: Settings, batch_id: str | None = None) ->
         raise NotFound(f"no batch {batch_id!r}")
     scripts = Scripts(r, keys)
     requeued = 0
-    for node_id in sorted(n.decode() for n in r.smembers(keys.nodes)):
+    for node_id in sorted(as_text(n) for n in r.smembers(keys.nodes)):
         registry = Keys.rq_failed(keys.node_queue(node_id))
-        ids = [j.decode() for j in r.zrange(registry, 0, -1)]
+        ids = [as_text(j) for j in r.zrange(registry, 0, -1)]  # type: ignore[arg-type]
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             with r.pipeline(transaction=False) as p:

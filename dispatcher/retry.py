@@ -8,7 +8,7 @@ import random
 def retry_delay_s(attempt: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
     """Delay before the retry that follows execution number `attempt` (1, 2, ...): base * 2^(attempt-1),
     capped, times a jitter in [0.5, 1.5) so a burst of failures does not come back in lockstep."""
-    return min(cap_s, base_s * 2 ** max(0, attempt - 1)) * (0.5 + rng.random())
+    return float(min(cap_s, base_s * 2.0 ** max(0, attempt - 1)) * (0.5 + rng.random()))
 
 
 def may_retry(attempts: int, retries: int) -> bool:

@@ -88,7 +88,7 @@ class Scripts:
         return [flag == 1 for flag in self._run["end_jobs"](keys=keys, args=args)]
 
     def renew_lease(self, token: str, ttl_ms: int) -> bool:
-        return self._run["renew_lease"](keys=[self._keys.dispatcher_lease], args=[token, ttl_ms]) == 1
+        return bool(self._run["renew_lease"](keys=[self._keys.dispatcher_lease], args=[token, ttl_ms]) == 1)
 
     def release_lease(self, token: str) -> bool:
-        return self._run["release_lease"](keys=[self._keys.dispatcher_lease], args=[token]) == 1
+        return bool(self._run["release_lease"](keys=[self._keys.dispatcher_lease], args=[token]) == 1)

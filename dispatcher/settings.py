@@ -66,7 +66,7 @@ class Settings:
             if raw is None or raw == "":
                 continue
             try:
-                overrides[f.name] = type(f.default)(raw)
+                overrides[f.name] = type(f.default)(raw)  # type: ignore[misc]  # every field has a default
             except ValueError:
                 raise SettingsError(f"GPUFLEET_{f.name.upper()}={raw!r} is not a valid {type(f.default).__name__}")
         return cls(**overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from redis import Redis
+from rq.utils import as_text
 
 from .keys import Keys
 from .models import NodeState
@@ -17,7 +18,7 @@ def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 def read_nodes(r: Redis, keys: Keys, now_s: float | None = None) -> list[NodeState]:
     """All nodes that ever sent a heartbeat, sorted by id: heartbeat, liveness, queue length, drain and eject flags."""
-    node_ids = sorted(m.decode() for m in r.smembers(keys.nodes))
+    node_ids = sorted(as_text(m) for m in r.smembers(keys.nodes))
     if not node_ids:
         return []
     with r.pipeline(transaction=False) as p:
