@@ -9,8 +9,11 @@ from typing import Any
 
 import click
 
+from dispatcher.autoscale import Autoscaler, ScaleCommand, ScaleParams, clear_desired
 from dispatcher.connection import connect, mask_url
+from dispatcher.keys import Keys
 from dispatcher.loop import Dispatcher
+from dispatcher.metrics import DispatcherMetrics, serve
 from dispatcher.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
 from worker.gpu import PROBE_NAMES
 from worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_worker
@@ -30,21 +33,44 @@ log = logging.getLogger("gpufleet")
               help="Jobs a node may hold beyond its capacity; the rest wait in the ingress. Default 2.")  # fmt: skip
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
               help="Cap on jobs per node instead of capacity + prefetch; 0 lifts the cap.")  # fmt: skip
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
+              help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics; 0: off.")  # fmt: skip
+@click.option("--max-nodes", type=click.IntRange(min=0), default=None,
+              help="Autoscaling: ask for at most N nodes; 0 (the default) turns the autoscaler off.")  # fmt: skip
+@click.option("--min-nodes", type=click.IntRange(min=0), default=None, help="Autoscaling: ask for at least N nodes.")
+@click.option("--target-drain-s", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Autoscaling: enough nodes to drain the waiting jobs within S seconds. Default 60.")  # fmt: skip
+@click.option("--scale-cmd", default=None, metavar="'CMD {n}'",
+              help="Run CMD (no shell) with {n} = the new desired node count each time it changes.")  # fmt: skip
 @pass_state
 def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | None, gamma: float | None,
-               prefetch: int | None, max_node_queue: int | None) -> None:  # fmt: skip
+               prefetch: int | None, max_node_queue: int | None, metrics_port: int, max_nodes: int | None,
+               min_nodes: int | None, target_drain_s: float | None, scale_cmd: str | None) -> None:  # fmt: skip
     """Route jobs from the ingress queues to node queues until stopped (Ctrl-C or SIGTERM).
 
     Reads node heartbeats every ~150 ms and moves jobs in batches with one atomic Lua call.
     With no live node, jobs wait in the ingress.
     """
     settings = state.settings.with_overrides(policy=policy, alpha=alpha, beta=beta, gamma=gamma,
-                                             prefetch=prefetch, max_node_queue=max_node_queue)  # fmt: skip
+                                             prefetch=prefetch, max_node_queue=max_node_queue, max_nodes=max_nodes,
+                                             min_nodes=min_nodes, target_drain_s=target_drain_s,
+                                             scale_cmd=scale_cmd)  # fmt: skip
     chosen = make_policy(settings.policy, alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma)
     r = connect(settings.redis_url)
     stop = _stop_on_signals()
+    metrics = DispatcherMetrics(chosen.name) if metrics_port else None
+    if metrics:
+        serve(metrics.registry, metrics_port)
     log.info("dispatcher started redis=%s policy=%s", mask_url(settings.redis_url), chosen.name)
-    d = Dispatcher(r, settings, chosen)
+    autoscaler = None
+    if settings.max_nodes:
+        params = ScaleParams(settings.target_drain_s, settings.min_nodes, settings.max_nodes,
+                             settings.scale_up_cooldown_s, settings.scale_down_cooldown_s)  # fmt: skip
+        autoscaler = Autoscaler(r, Keys(settings.namespace), params,
+                                on_change=ScaleCommand(settings.scale_cmd) if settings.scale_cmd else None)  # fmt: skip
+    else:
+        clear_desired(r, Keys(settings.namespace))
+    d = Dispatcher(r, settings, chosen, metrics=metrics, autoscaler=autoscaler)
     d.run(stop)
     log.info("dispatcher stopped moved=%d", d.moved_total)
 
@@ -62,16 +88,19 @@ def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | 
 @click.option("--allow", multiple=True, metavar="MODULE",
               help="Module whose functions this worker may run (repeatable). Default: worker.tasks.")  # fmt: skip
 @click.option("--burst", is_flag=True, help="Exit once the node queue is empty.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
+              help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics; 0: off.")  # fmt: skip
 @pass_state
 def worker(state: CliState, node_id: str | None, probe: str, sim_speed: float, capacity: int, weight: float,
-           allow: tuple[str, ...], burst: bool) -> None:  # fmt: skip
+           allow: tuple[str, ...], burst: bool, metrics_port: int) -> None:  # fmt: skip
     """Work this node's queue, with a heartbeat, until Ctrl-C or SIGTERM (the running job finishes).
 
     Jobs run in this process (no fork per job), so a model loaded once stays warm. Only
     functions of allowed modules run; any other job fails with a clear error.
     """
     opts = WorkerOptions(node_id=node_id or default_node_id(), probe=probe, sim_speed=sim_speed,
-                         capacity=capacity, weight=weight, allow=allow or DEFAULT_ALLOW, burst=burst)  # fmt: skip
+                         capacity=capacity, weight=weight, allow=allow or DEFAULT_ALLOW, burst=burst,
+                         metrics_port=metrics_port)  # fmt: skip
     run_worker(state.settings, opts)
 
 

@@ -82,9 +82,10 @@ def _register() -> None:
     from .local import demo, local
     from .simulate import simulate
     from .status import status
+    from .top import top
 
     for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, demo, local,
-                    simulate):
+                    simulate, top):
         cli.add_command(command)
 
 

@@ -8,7 +8,14 @@ import click
 
 from dispatcher.errors import SettingsError
 from dispatcher.policies import DEFAULT_POLICY
-from dispatcher.simulator import SERVICE_DISTRIBUTIONS, SIM_POLICY_NAMES, SimConfig, SimResult, simulate as run_simulation
+from dispatcher.simulator import (
+    SERVICE_DISTRIBUTIONS,
+    SIM_POLICY_NAMES,
+    STALE_MODELS,
+    SimConfig,
+    SimResult,
+    simulate as run_simulation,
+)
 
 
 def parse_speeds(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -30,7 +37,8 @@ def parse_speeds(ctx: click.Context, param: click.Parameter, value: str | None) 
 def render_result(cfg: SimConfig, result: SimResult) -> str:
     """The human view: a summary line, then one row per node."""
     lines = [
-        f"policy {cfg.policy}  load {cfg.load}  jobs {cfg.jobs}  service {cfg.service}  stale {cfg.stale}",
+        f"policy {cfg.policy}  load {cfg.load}  jobs {cfg.jobs}  service {cfg.service}  "
+        f"stale {cfg.stale} ({cfg.stale_model if cfg.stale else 'fresh'})",
         f"time in system (mean service times): mean {result.mean:.3f}  p50 {result.p50:.3f}  "
         f"p95 {result.p95:.3f}  p99 {result.p99:.3f}",
         "",
@@ -56,6 +64,10 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
               help="The distribution of job work, mean 1: exponential, or lognormal with sigma 1.")
 @click.option("--stale", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="The heartbeat period in mean service times; 0 means the router always sees current node state.")
+@click.option("--stale-model", type=click.Choice(STALE_MODELS), default="heartbeat", show_default=True,
+              help="What --stale makes old. heartbeat: only `running` and utilization, each node beating on its own "
+                   "phase, while queue lengths are current (what the dispatcher reads). bulletin: every node's whole "
+                   "state, refreshed together (the harsher case).")
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
               help="The most jobs a node may hold; 0 lifts the bound. By default it is capacity + prefetch (late binding).")
 @click.option("--prefetch", type=click.IntRange(min=0), default=2, show_default=True,
@@ -74,6 +86,7 @@ def simulate(
     jobs: int,
     service: str,
     stale: float,
+    stale_model: str,
     max_node_queue: int | None,
     prefetch: int,
     affinity_keys: int,
@@ -90,6 +103,7 @@ def simulate(
             jobs=jobs,
             service=service,
             stale=stale,
+            stale_model=stale_model,
             max_node_queue=max_node_queue,
             prefetch=prefetch,
             affinity_keys=affinity_keys,

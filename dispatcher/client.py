@@ -61,6 +61,7 @@ class Submitter:
         if not created:
             raise GpufleetError(f"batch {batch_id!r} already exists; choose another --batch name")
         self._r.hset(self._keys.batch_info(batch_id), mapping={"created_at": time.time(), "func": func or ""})
+        self._r.zadd(self._keys.batches, {batch_id: time.time()})  # lets `gpufleet top` list batches
         return batch_id
 
     def enqueue(self, specs: Iterable[JobSpec], batch_id: str, progress: Progress | None = None) -> int:

@@ -59,6 +59,14 @@ class Keys:
     def batch_info(self, batch_id: str) -> str:  # HASH: size, created_at, func
         return f"{self.namespace}:batch:{batch_id}"
 
+    @property
+    def batches(self) -> str:  # ZSET batch id -> created_at (unix time); Submitter.start_batch adds to it
+        return f"{self.namespace}:batches"
+
+    @property
+    def desired_nodes(self) -> str:  # STRING: node count the autoscaler wants (dispatcher/autoscale.py)
+        return f"{self.namespace}:autoscale:desired"
+
     def drain_flag(self, node_id: str) -> str:  # STRING; present = route nothing there (drain/SIGTERM)
         return f"{self.namespace}:node:{node_id}:drain"
 

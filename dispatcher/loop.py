@@ -17,9 +17,11 @@ import redis
 from redis import Redis
 from rq.utils import as_text
 
+from .autoscale import Autoscaler
 from .health import Health
 from .keys import PRIORITIES, JobField, Keys
 from .lease import Lease
+from .metrics import DispatcherMetrics, set_desired_nodes
 from .models import JobSpec, NodeState
 from .policies import Policy
 from .router import Router
@@ -44,7 +46,8 @@ class Dispatcher:
     """Moves jobs from the ingress queues to node queues, one routing round at a time."""
 
     def __init__(
-        self, r: Redis, settings: Settings, policy: Policy, *, clock: Callable[[], float] = time.monotonic
+        self, r: Redis, settings: Settings, policy: Policy, *, clock: Callable[[], float] = time.monotonic,
+        metrics: DispatcherMetrics | None = None, autoscaler: Autoscaler | None = None,
     ) -> None:
         self._r = r
         self._settings = settings
@@ -60,6 +63,8 @@ class Dispatcher:
         self._waiting_for_nodes = False
         self._rounds = 0
         self.moved_total = 0
+        self.metrics = metrics  # Prometheus: fed after each refresh and each round that moved jobs
+        self.autoscaler = autoscaler  # desired node count, stepped after a refresh (at most once a second)
 
     def refresh(self) -> list[NodeState]:
         """Re-read every node (one round trip), then let dead and draining nodes give their
@@ -67,6 +72,10 @@ class Dispatcher:
         self._nodes = read_nodes(self._r, self._keys)
         self._snapshot_at = self._clock()
         self.health.check(self._nodes)
+        if self.autoscaler and (desired := self.autoscaler.step(self._nodes)) is not None:
+            set_desired_nodes(desired)
+        if self.metrics:
+            self.metrics.observe_fleet(self._r, self._keys, self._nodes)
         return self._nodes
 
     def dispatch_once(self) -> Round:
@@ -75,6 +84,7 @@ class Dispatcher:
         if fresh:
             self.refresh()
         moved = waiting = 0
+        started, moved_to = time.perf_counter(), list[str]()  # for the metrics, when on
         self._rounds += 1
         for priority in priority_order(self._rounds, self._settings.low_share):
             ingress = self._keys.ingress_queue(priority)
@@ -85,10 +95,13 @@ class Dispatcher:
             if not job_ids:
                 continue
             moves, self._nodes = self.router.route(self._read_routing(job_ids), self._nodes)
-            done = sum(self._scripts.move_to_nodes(ingress, moves))
-            moved += done
+            flags = self._scripts.move_to_nodes(ingress, moves)
+            moved += sum(flags)
+            moved_to += [node_id for (_, node_id), ok in zip(moves, flags) if ok]
             waiting += len(job_ids) - len(moves)
         self.moved_total += moved
+        if self.metrics and moved:
+            self.metrics.observe_round(moved_to, time.perf_counter() - started)
         if fresh:  # judge "no live node" on a snapshot taken now, not one from before a node started
             self._report(moved, waiting)
         return Round(moved, waiting)

@@ -81,8 +81,10 @@ class NodeState:
         now_s: float,
         draining: bool = False,
         ejected: bool = False,
+        running: int | None = None,
     ) -> NodeState:
-        """Parse a decoded heartbeat HASH; a missing or garbled field takes its default."""
+        """Parse a decoded heartbeat HASH; a missing or garbled field takes its default. Counts
+        read from Redis directly (`queued`, and `running` when given) beat the heartbeat's."""
         sent_at = _float(h, "ts", now_s)
         mem_free = h.get("gpu_mem_free_gib")
         return cls(
@@ -94,7 +96,7 @@ class NodeState:
             health_reason=h.get("health_reason", ""),
             capacity=max(1, _int(h, "capacity", 1)),
             queued=queued,
-            running=_int(h, "running", 0),
+            running=_int(h, "running", 0) if running is None else running,
             completed=_int(h, "completed", 0),
             failed=_int(h, "failed", 0),
             gpu_util=_ratio(h, "gpu_util"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from redis import Redis
@@ -96,3 +97,95 @@ def last_line(traceback_text: str) -> str:
 
 def _iso(dt: Any) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+RECENT_BATCHES = 50  # how many of the newest batches `gpufleet top` looks through for ones in flight
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """A batch as `gpufleet top` lists it: its counters and when it was created."""
+
+    batch_id: str
+    created_at: float  # unix time
+    progress: BatchProgress
+
+
+def batch_eta_s(progress: BatchProgress, created_at: float, now: float) -> float | None:
+    """Seconds until the batch is done, at its finish rate since it was created: 0 once done,
+    None while nothing has finished or failed yet (no rate to go by). Canceled jobs count as
+    done but not in the rate: a cancel ends many jobs at once."""
+    ended = progress.finished + progress.failed + progress.canceled
+    if ended >= progress.size:
+        return 0.0
+    rate = (progress.finished + progress.failed) / max(now - created_at, 1e-3)
+    return (progress.size - ended) / rate if rate > 0 else None
+
+
+def _progress_of(raw: dict[bytes, bytes]) -> BatchProgress:
+    def count(name: str) -> int:
+        return int(float(raw.get(name.encode(), 0)))
+
+    return BatchProgress(count(BatchCounter.SIZE), count(BatchCounter.FINISHED), count(BatchCounter.FAILED),
+                         count(BatchCounter.CANCELED))  # fmt: skip
+
+
+def batches_in_flight(r: Redis, keys: Keys, limit: int = RECENT_BATCHES) -> list[BatchRow]:
+    """The unfinished batches among the `limit` newest (newest first), in two round trips."""
+    reply: list[tuple[bytes, float]]
+    reply = r.zrevrange(keys.batches, 0, limit - 1, withscores=True)  # type: ignore[assignment]
+    newest = [(as_text(b), float(at)) for b, at in reply]
+    with r.pipeline(transaction=False) as p:
+        for batch_id, _ in newest:
+            p.hgetall(keys.batch_info(batch_id))
+        infos = p.execute()
+    rows = [BatchRow(b, at, _progress_of(raw)) for (b, at), raw in zip(newest, infos) if raw]
+    return [row for row in rows if not row.progress.done]
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """One batch in detail (`gpufleet status --batch B`): the outcome counters, what its
+    unfinished jobs are doing right now, and an ETA."""
+
+    row: BatchRow
+    queued: int  # waiting in an ingress or a node queue
+    running: int  # started on a node
+    retrying: int  # an attempt failed; waiting out its retry backoff (rq's "scheduled")
+
+    def record(self, now: float) -> dict[str, Any]:
+        """The `status --batch B --json` object (see README)."""
+        p, eta = self.row.progress, batch_eta_s(self.row.progress, self.row.created_at, now)
+        return {
+            "batch": self.row.batch_id, "size": p.size, "queued": self.queued, "running": self.running,
+            "retrying": self.retrying, "finished": p.finished, "failed": p.failed, "canceled": p.canceled,
+            "done": p.done, "created_at": _iso_unix(self.row.created_at),
+            "elapsed_s": round(max(0.0, now - self.row.created_at), 3),
+            "eta_s": None if eta is None else round(eta, 1),
+        }  # fmt: skip
+
+
+def read_batch_status(r: Redis, keys: Keys, batch_id: str) -> BatchStatus:
+    """The batch's counters, then every job's rq status (one pipelined HGET per job, in chunks
+    of READ_CHUNK): O(size) reads, for one batch on demand, never in a loop over batches."""
+    raw = r.hgetall(keys.batch_info(batch_id))
+    if not raw:
+        raise NotFound(f"no batch {batch_id!r} (submit prints the id; `gpufleet top` lists those in flight)")
+    row = BatchRow(batch_id, float(raw.get(b"created_at", 0) or 0), _progress_of(raw))  # type: ignore[arg-type]
+    seen: dict[str, int] = {}
+    list_key = keys.batch_jobs(batch_id)
+    start = 0
+    while ids := r.lrange(list_key, start, start + READ_CHUNK - 1):
+        with r.pipeline(transaction=False) as p:
+            for job_id in ids:
+                p.hget(Keys.rq_job(as_text(job_id)), "status")
+            for status in p.execute():
+                word = as_text(status) if status else "expired"
+                seen[word] = seen.get(word, 0) + 1
+        start += READ_CHUNK
+    return BatchStatus(row, queued=seen.get("queued", 0) + seen.get("deferred", 0) + seen.get("created", 0),
+                       running=seen.get("started", 0), retrying=seen.get("scheduled", 0))  # fmt: skip
+
+
+def _iso_unix(t: float) -> str | None:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z") if t else None

@@ -39,6 +39,12 @@ class Settings:
     outlier_min_jobs: int = 10  # ...out of at least this many...
     outlier_window_s: float = 60.0  # ...ended within this window
     eject_cooldown_s: float = 30.0  # how long an ejected node gets no jobs
+    max_nodes: int = 0  # autoscaler: most nodes to ask for; 0 = autoscaler off
+    min_nodes: int = 0  # autoscaler: fewest nodes to ask for
+    target_drain_s: float = 60.0  # autoscaler: drain the waiting jobs within this long
+    scale_up_cooldown_s: float = 15.0  # autoscaler: since the last change, before going up
+    scale_down_cooldown_s: float = 300.0  # autoscaler: since the last change, before going down
+    scale_cmd: str = ""  # autoscaler: 'CMD {n}' run (no shell) when the desired count changes
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0 or self.heartbeat_ttl_s <= self.heartbeat_interval_s:

@@ -1,7 +1,8 @@
 """The simulated fleet: event loops for routed dispatch and for the central-queue bound.
 
 Each node has one slot and a FIFO queue. Events are arrivals (a pre-drawn stream),
-completions (a heap, at most one per node) and heartbeat refreshes (every `stale`).
+completions (a heap, at most one per node) and heartbeats (every `stale`: one node at a
+time on its own phase, or all together under the bulletin model).
 Per event the loops do O(1) work of their own; the router and policy calls are the
 O(nodes) part, as in the real dispatcher.
 """
@@ -83,16 +84,20 @@ class _Nodes:
     def held(self, i: int) -> int:
         return len(self.waiting[i]) + (self.running[i] >= 0)
 
-    def heartbeat(self, i: int, base: NodeState) -> NodeState:
-        """What node i's worker would report now."""
-        busy = 1.0 if self.running[i] >= 0 else 0.0
+    def busy(self, i: int) -> int:
+        return int(self.running[i] >= 0)
+
+    def heartbeat(self, i: int, base: NodeState, reported_busy: int | None = None) -> NodeState:
+        """What the dispatcher reads for node i now: its current queue length, and `running`
+        and utilization as its worker reports them (`reported_busy`; None: current)."""
+        busy = self.busy(i) if reported_busy is None else reported_busy
         return NodeState(
             node_id=base.node_id,
             capacity=1,
             queued=len(self.waiting[i]),
-            running=int(busy),
-            gpu_util=busy,
-            mem_util=busy,
+            running=busy,
+            gpu_util=float(busy),
+            mem_util=float(busy),
             service_time_s=base.service_time_s,
             speed=base.speed,
             weight=base.weight,
@@ -102,58 +107,96 @@ class _Nodes:
         return Outcome(self.ids, self.done, self.served, self.busy_time, self.end)
 
 
+class _Beats:
+    """Independent heartbeats: node i beats at phase_i + k * period, phase_i uniform in
+    [0, period), so the beats come in one fixed cyclic order (no heap needed)."""
+
+    def __init__(self, n: int, period: float, rng: random.Random) -> None:
+        phases = [rng.uniform(0.0, period) for _ in range(n)]
+        self.order = sorted(range(n), key=phases.__getitem__)
+        self.phases = sorted(phases)
+        self.period = period
+        self.pos = 0
+        self.base = 0.0
+        self.next_at = self.phases[0]
+
+    def advance(self) -> int:
+        """The node that beats at `next_at`; moves on to the next beat."""
+        i = self.order[self.pos]
+        self.pos += 1
+        if self.pos == len(self.order):
+            self.pos, self.base = 0, self.base + self.period
+        self.next_at = self.base + self.phases[self.pos]
+        return i
+
+
 def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
     """Dispatch through make_policy + Router, with late binding unless max_node_queue=0."""
     fleet = _Nodes(cfg, work)
+    n = len(cfg.speeds)
     index = {node_id: i for i, node_id in enumerate(fleet.ids)}
     base = [NodeState(node_id=nid, speed=s, weight=s, service_time_s=1.0 / s) for nid, s in zip(fleet.ids, cfg.speeds)]
     policy = make_policy(cfg.policy, rng=random.Random(f"{cfg.seed}:policy"))
     router = Router(policy, prefetch=cfg.prefetch, max_node_queue=cfg.max_node_queue, affinity_epsilon=cfg.affinity_epsilon)
     specs = [JobSpec(func="sim", affinity=f"k{k}") for k in range(cfg.affinity_keys)]
     plain = JobSpec(func="sim")
-    fresh = cfg.stale == 0
+    bulletin = cfg.stale > 0 and cfg.stale_model == "bulletin"
+    beats = _Beats(n, cfg.stale, random.Random(f"{cfg.seed}:beats")) if cfg.stale > 0 and not bulletin else None
+    reported = [0] * n  # heartbeat model: `running` as of each node's last beat (all idle at t=0)
     views = list(base)  # what the router sees
-    dirty: set[int] = set()  # fresh mode: nodes whose view is out of date
-    held = {node_id: 0 for node_id in fleet.ids}  # stale mode: current job counts for the bound
+    dirty: set[int] = set()  # fresh and heartbeat: nodes whose view is out of date
+    held = {node_id: 0 for node_id in fleet.ids}  # bulletin: current job counts for the bound
     ingress: deque[int] = deque()
     bounded = cfg.max_node_queue != 0
 
     def try_route(job: int, now: float) -> bool:
-        if fresh:
+        if not bulletin:
             for i in dirty:
-                views[i] = fleet.heartbeat(i, base[i])
+                views[i] = fleet.heartbeat(i, base[i], reported[i] if beats else None)
             dirty.clear()
         key = work.keys[job]
         spec = specs[key] if key >= 0 else plain
-        moves, after = router.route([("", spec)], views, held=None if fresh else held)
+        moves, after = router.route([("", spec)], views, held=held if bulletin else None)
         if not moves:
             return False
         i = index[moves[0][1]]
-        if fresh:
-            dirty.add(i)
-        else:
+        if bulletin:
             held[fleet.ids[i]] += 1
             if cfg.inflight_accounting:
                 views[i] = after[i]
+        else:
+            dirty.add(i)
         fleet.place(job, i, now)
         return True
 
+    def route_waiting(now: float) -> None:
+        """While jobs wait no node had room, and one event frees at most one slot: one try."""
+        if ingress and try_route(ingress[0], now):
+            ingress.popleft()
+
     next_job, n_jobs = 0, len(work.arrivals)
-    next_refresh = cfg.stale if not fresh else INF
-    while next_job < n_jobs or fleet.heap:
+    next_refresh = cfg.stale if bulletin else INF
+    while next_job < n_jobs or fleet.heap or (beats and ingress):  # a beat may free room for the last jobs
         t_arrival = work.arrivals[next_job] if next_job < n_jobs else INF
         t_done = fleet.heap[0][0] if fleet.heap else INF
-        if next_refresh <= t_arrival and next_refresh <= t_done:
-            views = [fleet.heartbeat(i, base[i]) for i in range(len(base))]
-            next_refresh += cfg.stale
+        t_beat = beats.next_at if beats else next_refresh
+        if t_beat <= t_arrival and t_beat <= t_done:
+            if beats:  # one node beats; a changed `running` may open room for a waiting job
+                i = beats.advance()
+                if reported[i] != fleet.busy(i):
+                    reported[i] = fleet.busy(i)
+                    dirty.add(i)
+                    route_waiting(t_beat)
+            else:
+                views = [fleet.heartbeat(i, base[i]) for i in range(n)]
+                next_refresh += cfg.stale
         elif t_done <= t_arrival:
             i = fleet.complete(t_done)
-            if fresh:
-                dirty.add(i)
-            else:
+            if bulletin:
                 held[fleet.ids[i]] -= 1
-            if ingress and try_route(ingress[0], t_done):
-                ingress.popleft()
+            else:
+                dirty.add(i)
+            route_waiting(t_done)
         else:
             job, next_job = next_job, next_job + 1
             if not (bounded and ingress) and try_route(job, t_arrival):

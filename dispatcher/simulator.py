@@ -7,13 +7,25 @@ exponential or lognormal with mean 1, and a node of speed s runs it in work / s.
 in mean service times of a speed-1 node. The fleet mechanics live in `sim_fleet`; this
 module holds the settings, the workload and the summary.
 
-Information model (`stale` = heartbeat period): the router sees each node's heartbeat as
-of the last refresh (queued, running, EWMA service time, utilization), every node
-refreshed together (the bulletin-board model of Mitzenmacher's "How useful is old
-information?", the harshest case for herding), plus the router's own count of what it
-sent since. The late-binding bound alone reads the node's current job count, as the real
-dispatcher reads its node queue's length each pass. `stale=0` is fresh information.
-A node's EWMA service time is taken as converged: 1 / speed.
+Information model (`stale` = heartbeat period; `stale=0` is fresh information). Two
+models, chosen by `stale_model`:
+
+- "heartbeat" (the default; what the real dispatcher reads): a node's queued count (jobs
+  waiting in its queue) is current at every routing decision, as `snapshot.read_nodes`
+  reads each node queue's length (LLEN) from Redis on every snapshot, and `loop.Dispatcher`
+  re-snapshots every `snapshot_interval_s` and whenever a job's end wakes it while jobs
+  wait. Only the heartbeat's own fields are stale: `running` and utilization, as of the
+  node's last beat. Each node beats every `stale` on its own phase, drawn at random, as
+  real workers beat independently. The late-binding bound reads queued + heartbeat
+  `running`, as the dispatcher's does. (A snapshot at most `snapshot_interval_s`, 150 ms,
+  old plus what the dispatcher sent since is taken as current: short against a job.)
+- "bulletin" (Mitzenmacher's bulletin board, "How useful is old information?", the harshest
+  case for herding): the whole heartbeat, queued count included, is refreshed for every
+  node together every `stale`, and the router adds its own count of what it sent since;
+  only the late-binding bound reads the node's current job count.
+
+A node's EWMA service time is taken as converged (1 / speed) in both, so its age does not
+matter here.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from .policies import DEFAULT_POLICY, POLICY_NAMES
 CENTRAL_QUEUE = "central-queue"
 SIM_POLICY_NAMES = (*POLICY_NAMES, CENTRAL_QUEUE)
 SERVICE_DISTRIBUTIONS = ("exp", "lognormal")
+STALE_MODELS = ("heartbeat", "bulletin")  # see the module docstring; heartbeat is what the dispatcher reads
 LOGNORMAL_SIGMA = 1.0  # squared coefficient of variation e^1 - 1 ~ 1.72, against exp's 1
 
 
@@ -41,13 +54,14 @@ class SimConfig:
     jobs: int = 100_000
     service: str = "exp"
     stale: float = 0.0
+    stale_model: str = "heartbeat"
     max_node_queue: int | None = None  # None: capacity + prefetch (late binding); 0: unbounded
     prefetch: int = 2
     affinity_keys: int = 0
     affinity_epsilon: float = 0.25
     seed: int = 0
     warmup: float = 0.1  # share of the first jobs left out of the statistics
-    inflight_accounting: bool = True  # False only to show the herding it prevents
+    inflight_accounting: bool = True  # bulletin only; False only to show the herding it prevents
 
     def __post_init__(self) -> None:
         if self.policy not in SIM_POLICY_NAMES:
@@ -62,6 +76,8 @@ class SimConfig:
             raise SettingsError(f"service must be one of {', '.join(SERVICE_DISTRIBUTIONS)} (got {self.service!r})")
         if self.stale < 0:
             raise SettingsError(f"stale must be >= 0 (got {self.stale})")
+        if self.stale_model not in STALE_MODELS:
+            raise SettingsError(f"stale_model must be one of {', '.join(STALE_MODELS)} (got {self.stale_model!r})")
         if self.max_node_queue is not None and self.max_node_queue < 0:
             raise SettingsError(f"max_node_queue must be >= 0 (got {self.max_node_queue})")
         if self.prefetch < 0 or self.affinity_keys < 0 or self.affinity_epsilon < 0:

@@ -29,11 +29,13 @@ def read_status(r: Redis, keys: Keys) -> dict[str, Any]:
     with r.pipeline(transaction=False) as p:
         for priority in PRIORITIES:
             p.llen(Keys.rq_queue(keys.ingress_queue(priority)))
-        depths = p.execute()
+        p.get(keys.desired_nodes)
+        *depths, desired = p.execute()
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "namespace": keys.namespace,
         "ingress": dict(zip(PRIORITIES, depths)),
+        "desired_nodes": None if desired is None else int(desired),
         "nodes": [
             {
                 "node": n.node_id,

@@ -31,6 +31,7 @@ from dispatcher.settings import Settings
 from . import context
 from .gpu import make_probe
 from .heartbeat import Heartbeat, NodeInfo
+from .metrics import DURATION_BUCKETS_S, serve_worker_metrics
 from .node_worker import STOP_DRAIN_MARK, NodeWorker
 from .stats import NodeStats
 
@@ -52,6 +53,7 @@ class WorkerOptions:
     weight: float = 1.0
     allow: Sequence[str] = DEFAULT_ALLOW
     burst: bool = False  # exit once the node queue is empty (tests, one-shot runs)
+    metrics_port: int = 0  # serve Prometheus metrics on this port; 0: off
 
 
 def default_node_id() -> str:
@@ -67,7 +69,9 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     r = connect(settings.redis_url)
     keys = Keys(settings.namespace)
     r.sadd(RQ_QUEUES, Keys.rq_queue(keys.node_queue(opts.node_id)))  # `rq info` lists it before its first job
-    stats = NodeStats(slots=opts.capacity)
+    stats = NodeStats(slots=opts.capacity, buckets=DURATION_BUCKETS_S)
+    if opts.metrics_port:  # from this process: the slots share `stats`, so it sees all of them
+        serve_worker_metrics(opts.metrics_port, opts.node_id, stats)
     probe = make_probe(opts.probe, lambda: stats.last_busy_fraction)
     info = NodeInfo(opts.node_id, capacity=opts.capacity, speed=opts.sim_speed, weight=opts.weight)
     heartbeat = Heartbeat(r, keys, info, stats, probe,

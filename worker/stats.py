@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EWMA_ALPHA = 0.2  # weight of the newest job in the service-time average
@@ -25,6 +26,16 @@ class StatsView:
     busy_fraction: float  # share of slot-time spent on jobs since the previous view
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Counters since the node started, for Prometheus; reading them resets nothing."""
+
+    completed: int
+    failed: int
+    bucket_counts: tuple[int, ...]  # jobs per duration bucket (not cumulative); the last is +Inf
+    duration_sum_s: float
+
+
 class NodeStats:
     """Jobs running/completed/failed, EWMA service time and busy fraction; process-safe.
 
@@ -32,8 +43,9 @@ class NodeStats:
     """
 
     def __init__(self, slots: int = 1, *, initial_service_time_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, buckets: Sequence[float] = ()) -> None:  # fmt: skip
         self.slots = slots
+        self.buckets = tuple(buckets)  # upper bounds (s) of a job-duration histogram; () keeps none
         self._clock = clock
         self._lock = _MP.Lock()
         self._v = _MP.Array("d", 6, lock=False)
@@ -43,6 +55,7 @@ class NodeStats:
         for i in range(slots):
             self._started[i] = -1.0
         self.last_busy_fraction = 0.0  # busy fraction of the most recent view (this process)
+        self._hist = _MP.Array("d", len(self.buckets) + 2, lock=False)  # bucket counts, +Inf, sum
 
     def job_started(self, slot: int = 0) -> None:
         with self._lock:
@@ -55,6 +68,8 @@ class NodeStats:
             self._v[_RUNNING] = max(0.0, self._v[_RUNNING] - 1)
             self._v[_COMPLETED if ok else _FAILED] += 1
             self._v[_SERVICE_S] += EWMA_ALPHA * (duration_s - self._v[_SERVICE_S])
+            self._hist[bisect_left(self.buckets, duration_s)] += 1  # le semantics: duration <= bound
+            self._hist[-1] += duration_s
             if self._started[slot] >= 0:
                 self._v[_BUSY_S] += t - max(self._started[slot], self._v[_WINDOW_START])
                 self._started[slot] = -1.0
@@ -71,3 +86,9 @@ class NodeStats:
                              self._v[_SERVICE_S], fraction)  # fmt: skip
         self.last_busy_fraction = fraction
         return view
+
+    def totals(self) -> Totals:
+        """Completed, failed and the duration histogram, read together; unlike view(), no side effect."""
+        with self._lock:
+            counts = tuple(int(c) for c in self._hist[:-1])
+            return Totals(int(self._v[_COMPLETED]), int(self._v[_FAILED]), counts, self._hist[-1])

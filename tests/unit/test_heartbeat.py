@@ -18,10 +18,11 @@ KEYS = Keys("t")
 def test_a_heartbeat_is_read_back_as_the_node_it_describes() -> None:
     r = fakeredis.FakeRedis()
     reading = Reading.aggregate("nvml", (GpuReading(0, "H200", 0.5, 40, 140), GpuReading(1, "H200", 1.0, 100, 140)))
-    view = StatsView(running=1, completed=10, failed=2, service_time_s=0.3, busy_fraction=0.9)
+    view = StatsView(running=0, completed=10, failed=2, service_time_s=0.3, busy_fraction=0.9)
     fields = heartbeat_fields(NodeInfo("n1", capacity=2, speed=1.5), view, reading, models=("llama",), now_s=100.0)
     send_heartbeat(r, KEYS, "n1", fields, ttl_s=5)
     r.rpush(Keys.rq_queue(KEYS.node_queue("n1")), "j1", "j2")
+    r.zadd(Keys.rq_started(KEYS.node_queue("n1")), {"j0:exec": 9e9})  # started since the heartbeat
 
     [n] = read_nodes(r, KEYS, now_s=101.0)
     assert (n.node_id, n.alive, n.capacity, n.queued, n.running, n.completed, n.failed) == ("n1", True, 2, 2, 1, 10, 2)

@@ -1,0 +1,207 @@
+"""The dispatcher's Prometheus metrics: every name, help text and label it exports, in one place.
+
+Served by `gpufleet dispatcher --metrics-port PORT` with prometheus-client's HTTP server.
+
+Fleet gauges are not kept in prometheus-client Gauges. Each snapshot refresh stores one
+immutable `FleetView` (a reference swap), and `FleetCollector` turns the latest view into
+metric families when Prometheus scrapes. So a scrape never touches Redis, and a node that
+leaves the fleet leaves no stale series behind. The counter and the histogram are
+prometheus-client's own. A view older than `MAX_VIEW_AGE_S` is not exported at all: a standby
+dispatcher (no lease, no snapshots) or one cut off from Redis must not report an empty or
+frozen fleet that would set off or hide alerts. Names are a contract: alert rules and
+dashboards in deploy/ use them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from redis import Redis
+
+from .errors import SettingsError
+from .keys import PRIORITIES, Keys
+from .models import NodeState
+from .status import node_state_word
+
+STATES = ("alive", "dead", "draining", "ejected", "unhealthy")  # every one is exported, 0 included
+MAX_VIEW_AGE_S = 5.0  # fleet gauges older than this are left out (the loop refreshes every ~0.15 s)
+DISPATCH_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class GpuFigure:
+    """One accelerator's utilization as a heartbeat reported it."""
+
+    gpu: str  # the GPU's index, or "all" for a node that reports no GPU list
+    util: float  # 0..1
+    mem_util: float  # 0..1
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """What the latest snapshot refresh saw."""
+
+    nodes: tuple[NodeState, ...] = ()
+    ingress: Mapping[str, int] = field(default_factory=dict)  # priority -> jobs waiting
+    gpus: Mapping[str, tuple[GpuFigure, ...]] = field(default_factory=dict)  # node id -> figures
+    at: float = float("-inf")  # time.monotonic() of the refresh; -inf: none yet
+
+
+def gpu_figures(node: NodeState, raw_gpus: str | None) -> tuple[GpuFigure, ...]:
+    """Per-GPU figures from a heartbeat's `gpus` JSON list (index, util, mem_used_gib,
+    mem_total_gib); with no list, or one that cannot be read, the node's aggregates as gpu="all"."""
+    try:
+        figures = tuple(_gpu_figure(g) for g in (json.loads(raw_gpus) if raw_gpus else []))
+    except (ValueError, TypeError, KeyError):
+        figures = ()
+    return figures or (GpuFigure("all", node.gpu_util, node.mem_util),)
+
+
+def _gpu_figure(g: Mapping[str, float]) -> GpuFigure:
+    total = float(g["mem_total_gib"])
+    mem_util = _ratio(float(g["mem_used_gib"]) / total) if total else 0.0
+    return GpuFigure(str(int(g["index"])), _ratio(float(g["util"])), mem_util)
+
+
+def fleet_families(view: FleetView | None, desired_nodes: int | None) -> Iterator[Metric]:
+    """The fleet gauges for one view (pure); with no view, only the desired node count."""
+    if view is None:
+        yield from _desired_family(desired_nodes)
+        return
+    ingress = GaugeMetricFamily("gpufleet_ingress_jobs", "Jobs waiting in the ingress queue of each priority.",
+                                labels=["priority"])  # fmt: skip
+    for priority in PRIORITIES:
+        ingress.add_metric([priority], view.ingress.get(priority, 0))
+    yield ingress
+
+    queued = GaugeMetricFamily("gpufleet_node_queue_jobs",
+                               "Jobs routed to a node and waiting in its queue (not running yet).", labels=["node"])
+    for n in view.nodes:
+        queued.add_metric([n.node_id], n.queued)
+    yield queued
+
+    util = GaugeMetricFamily("gpufleet_node_gpu_utilization_ratio",
+                             "GPU utilization (0-1) from the node's last heartbeat; gpu=\"all\": the node "
+                             "reports no per-GPU figures. Dead nodes are left out.",
+                             labels=["node", "gpu"])  # fmt: skip
+    mem = GaugeMetricFamily("gpufleet_node_memory_utilization_ratio",
+                            "GPU memory used / total (0-1) from the node's last heartbeat; gpu=\"all\": the node "
+                            "reports no per-GPU figures. Dead nodes are left out.", labels=["node", "gpu"])  # fmt: skip
+    for n in view.nodes:
+        if not n.alive:
+            continue
+        for g in view.gpus.get(n.node_id) or gpu_figures(n, None):
+            util.add_metric([n.node_id, g.gpu], g.util)
+            mem.add_metric([n.node_id, g.gpu], g.mem_util)
+    yield util
+    yield mem
+
+    states = Tally(node_state_word(n) for n in view.nodes)
+    nodes = GaugeMetricFamily("gpufleet_nodes", "Nodes known to the fleet, by state.", labels=["state"])
+    for state in STATES:
+        nodes.add_metric([state], states.get(state, 0))
+    yield nodes
+
+    yield from _desired_family(desired_nodes)
+
+
+def _desired_family(desired_nodes: int | None) -> Iterator[Metric]:
+    if desired_nodes is not None:
+        yield GaugeMetricFamily("gpufleet_desired_nodes",
+                                "Node count the autoscaler wants; absent until the autoscaler publishes one.",
+                                value=desired_nodes)  # fmt: skip
+
+
+_desired_nodes: int | None = None
+
+
+def set_desired_nodes(n: int | None) -> None:
+    """Publish the autoscaler's desired node count as `gpufleet_desired_nodes` (None: absent again).
+
+    Process-wide, so the autoscaler need not hold the metrics object; a no-op in effect when
+    metrics are off.
+    """
+    global _desired_nodes
+    _desired_nodes = n
+
+
+class FleetCollector:
+    """Exports the latest FleetView at scrape time (a prometheus-client custom collector)."""
+
+    def __init__(self, *, max_age_s: float = MAX_VIEW_AGE_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.view = FleetView()
+        self._max_age_s, self._clock = max_age_s, clock
+
+    def collect(self) -> Iterable[Metric]:
+        view = self.view if self._clock() - self.view.at <= self._max_age_s else None
+        return list(fleet_families(view, _desired_nodes))
+
+
+def read_fleet_extras(r: Redis, keys: Keys, node_ids: Sequence[str]) -> tuple[dict[str, int], dict[str, str | None]]:
+    """Ingress depths and each node's `gpus` heartbeat field: one pipelined round trip."""
+    with r.pipeline(transaction=False) as p:
+        for priority in PRIORITIES:
+            p.llen(Keys.rq_queue(keys.ingress_queue(priority)))
+        for node_id in node_ids:
+            p.hget(keys.heartbeat(node_id), "gpus")
+        replies = p.execute()
+    depths = {priority: int(n) for priority, n in zip(PRIORITIES, replies)}
+    gpus = replies[len(PRIORITIES):]
+    raw = {node_id: v.decode() if isinstance(v, bytes) else v for node_id, v in zip(node_ids, gpus)}
+    return depths, raw
+
+
+class DispatcherMetrics:
+    """The dispatcher's metrics, on their own registry (so tests can make several)."""
+
+    def __init__(self, policy: str, registry: CollectorRegistry | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.policy = policy
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._clock = clock
+        self.fleet = FleetCollector(clock=clock)
+        self.registry.register(self.fleet)
+        self.dispatched = Counter("gpufleet_jobs_dispatched", "Jobs moved from the ingress to a node's queue.",
+                                  ["node", "policy"], registry=self.registry)  # fmt: skip
+        self.dispatch_seconds = Histogram("gpufleet_dispatch_seconds",
+                                          "Time of one routing round that moved jobs: reading the ingress heads, "
+                                          "routing them and the atomic moves (snapshot refresh not included).",
+                                          buckets=DISPATCH_BUCKETS_S, registry=self.registry)  # fmt: skip
+
+    def observe_fleet(self, r: Redis, keys: Keys, nodes: Sequence[NodeState]) -> None:
+        """After a snapshot refresh: one extra round trip (ingress depths, per-GPU figures)."""
+        live = [n for n in nodes if n.alive]
+        depths, raw = read_fleet_extras(r, keys, [n.node_id for n in live])
+        gpus = {n.node_id: gpu_figures(n, raw.get(n.node_id)) for n in live}
+        self.fleet.view = FleetView(tuple(nodes), depths, gpus, self._clock())
+
+    def observe_round(self, node_ids: Iterable[str], seconds: float) -> None:
+        """A routing round moved one job to each of `node_ids` (repeats allowed) in `seconds`."""
+        for node_id, n in Tally(node_ids).items():
+            self.dispatched.labels(node=node_id, policy=self.policy).inc(n)
+        self.dispatch_seconds.observe(seconds)
+
+    def exposition(self) -> bytes:
+        text: bytes = generate_latest(self.registry)
+        return text
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> threading.Thread:
+    """Serve `registry` at http://addr:port/metrics from a daemon thread (prometheus-client's server)."""
+    try:
+        _, thread = start_http_server(port, addr, registry=registry)
+        assert isinstance(thread, threading.Thread)
+    except OSError as e:
+        raise SettingsError(f"--metrics-port {port}: cannot listen on {addr}:{port}: {e.strerror or e}") from e
+    return thread
+
+
+def _ratio(x: float) -> float:
+    return min(1.0, max(0.0, x))
