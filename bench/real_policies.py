@@ -5,7 +5,7 @@ p99 leave out the first --warmup share of jobs, as the simulator does), makespan
 enqueue -> last end, all jobs) and each node's share of the jobs. Placement: one private
 redis-server on a free port; per policy a flushed DB, a fresh namespace, one dispatcher
 (`--policy NAME`) and four single-slot sim workers of speeds 1,1,2,4 (`--weight` = speed),
-all child processes on this one machine (2 vCPUs for RESULTS_real.md), beside this script,
+all child processes on this one machine (2 vCPUs for bench/RESULTS.md), beside this script,
 which submits open loop: Poisson arrivals at --load x capacity (sum of speeds / mean cost),
 each job enqueued alone at its time (a late loop enqueues all that are due as one group).
 Costs are exponential, mean 0.05 s at speed 1; one seed for all policies, so each sees the
