@@ -66,8 +66,9 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
               help="The heartbeat period in mean service times; 0 means the router always sees current node state.")
 @click.option("--stale-model", type=click.Choice(STALE_MODELS), default="heartbeat", show_default=True,
               help="What --stale makes old. heartbeat: only `running` and utilization, each node beating on its own "
-                   "phase, while queue lengths are current (what the dispatcher reads). bulletin: every node's whole "
-                   "state, refreshed together (the harsher case).")
+                   "phase, while queue lengths are current. bulletin: every node's whole state, refreshed together. "
+                   "Both are harsher than the dispatcher, which reads queued and running from Redis at each "
+                   "snapshot (as --stale 0 models).")
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
               help="The most jobs a node may hold; 0 lifts the bound. By default it is capacity + prefetch (late binding).")
 @click.option("--prefetch", type=click.IntRange(min=0), default=2, show_default=True,

@@ -10,7 +10,13 @@ module holds the settings, the workload and the summary.
 Information model (`stale` = heartbeat period; `stale=0` is fresh information). Two
 models, chosen by `stale_model`:
 
-- "heartbeat" (the default; what the real dispatcher reads): a node's queued count (jobs
+The dispatcher now reads both counts from Redis at every snapshot: queued (LLEN of the
+node queue) and running (ZCARD of rq's started registry, `snapshot.read_nodes`), so with
+converged service times it sees what `stale=0` models, whatever the heartbeat age. The two
+stale models below are harsher cases, kept to show what old counts would cost:
+
+- "heartbeat" (the default; how the dispatcher read nodes while `running` came from the
+  heartbeat): a node's queued count (jobs
   waiting in its queue) is current at every routing decision, as `snapshot.read_nodes`
   reads each node queue's length (LLEN) from Redis on every snapshot, and `loop.Dispatcher`
   re-snapshots every `snapshot_interval_s` and whenever a job's end wakes it while jobs
@@ -40,7 +46,7 @@ from .policies import DEFAULT_POLICY, POLICY_NAMES
 CENTRAL_QUEUE = "central-queue"
 SIM_POLICY_NAMES = (*POLICY_NAMES, CENTRAL_QUEUE)
 SERVICE_DISTRIBUTIONS = ("exp", "lognormal")
-STALE_MODELS = ("heartbeat", "bulletin")  # see the module docstring; heartbeat is what the dispatcher reads
+STALE_MODELS = ("heartbeat", "bulletin")  # see the module docstring: both are harsher than the dispatcher
 LOGNORMAL_SIGMA = 1.0  # squared coefficient of variation e^1 - 1 ~ 1.72, against exp's 1
 
 
