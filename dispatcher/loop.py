@@ -88,10 +88,11 @@ class Dispatcher:
         self._rounds += 1
         for priority in priority_order(self._rounds, self._settings.low_share):
             ingress = self._keys.ingress_queue(priority)
-            if not any(n.accepting and self.router.has_room(n) for n in self._nodes):
+            slots = self._free_slots()
+            if not slots:
                 waiting += self._r.llen(Keys.rq_queue(ingress))  # no room anywhere: read no job
                 continue
-            job_ids = [as_text(j) for j in self._r.lrange(Keys.rq_queue(ingress), 0, self._settings.dispatch_batch - 1)]
+            job_ids = [as_text(j) for j in self._r.lrange(Keys.rq_queue(ingress), 0, slots - 1)]
             if not job_ids:
                 continue
             moves, self._nodes = self.router.route(self._read_routing(job_ids), self._nodes)
@@ -105,6 +106,18 @@ class Dispatcher:
         if fresh:  # judge "no live node" on a snapshot taken now, not one from before a node started
             self._report(moved, waiting)
         return Round(moved, waiting)
+
+    def _free_slots(self) -> int:
+        """How many jobs to read from an ingress now: the room left on accepting nodes (so a
+        full fleet costs no reads), at most one dispatch batch."""
+        free = 0
+        for n in self._nodes:
+            if n.accepting:
+                limit = self.router.limit(n)
+                if limit is None:
+                    return self._settings.dispatch_batch
+                free += max(0, limit - n.load)
+        return min(free, self._settings.dispatch_batch)
 
     def _read_routing(self, job_ids: list[str]) -> list[tuple[str, JobSpec]]:
         with self._r.pipeline(transaction=False) as p:
