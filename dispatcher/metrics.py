@@ -144,18 +144,12 @@ class FleetCollector:
         return list(fleet_families(view, _desired_nodes))
 
 
-def read_fleet_extras(r: Redis, keys: Keys, node_ids: Sequence[str]) -> tuple[dict[str, int], dict[str, str | None]]:
-    """Ingress depths and each node's `gpus` heartbeat field: one pipelined round trip."""
+def read_ingress_depths(r: Redis, keys: Keys) -> dict[str, int]:
+    """Jobs waiting in each ingress: one pipelined round trip."""
     with r.pipeline(transaction=False) as p:
         for priority in PRIORITIES:
             p.llen(Keys.rq_queue(keys.ingress_queue(priority)))
-        for node_id in node_ids:
-            p.hget(keys.heartbeat(node_id), "gpus")
-        replies = p.execute()
-    depths = {priority: int(n) for priority, n in zip(PRIORITIES, replies)}
-    gpus = replies[len(PRIORITIES):]
-    raw = {node_id: v.decode() if isinstance(v, bytes) else v for node_id, v in zip(node_ids, gpus)}
-    return depths, raw
+        return {priority: int(n) for priority, n in zip(PRIORITIES, p.execute())}
 
 
 class DispatcherMetrics:
@@ -176,10 +170,10 @@ class DispatcherMetrics:
                                           buckets=DISPATCH_BUCKETS_S, registry=self.registry)  # fmt: skip
 
     def observe_fleet(self, r: Redis, keys: Keys, nodes: Sequence[NodeState]) -> None:
-        """After a snapshot refresh: one extra round trip (ingress depths, per-GPU figures)."""
-        live = [n for n in nodes if n.alive]
-        depths, raw = read_fleet_extras(r, keys, [n.node_id for n in live])
-        gpus = {n.node_id: gpu_figures(n, raw.get(n.node_id)) for n in live}
+        """After a snapshot refresh: one extra round trip (ingress depths); per-GPU figures come
+        from the heartbeats the snapshot already read."""
+        depths = read_ingress_depths(r, keys)
+        gpus = {n.node_id: gpu_figures(n, n.gpus_json) for n in nodes if n.alive}
         self.fleet.view = FleetView(tuple(nodes), depths, gpus, self._clock())
 
     def observe_round(self, node_ids: Iterable[str], seconds: float) -> None:

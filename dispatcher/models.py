@@ -51,6 +51,7 @@ class NodeState:
     speed: float = 1.0  # relative throughput (the sim probe's --sim-speed; 1 otherwise)
     weight: float = 1.0  # static weight for weighted round robin
     models: tuple[str, ...] = ()
+    gpus_json: str = ""  # the heartbeat's per-GPU list, as sent (parsed only where it is shown)
     heartbeat_age_s: float = 0.0
     probe: str = ""
     version: str = ""
@@ -109,6 +110,7 @@ class NodeState:
             speed=max(1e-6, _float(h, "speed", 1.0)),
             weight=max(0.0, _float(h, "weight", 1.0)),
             models=tuple(m for m in h.get("models", "").split(",") if m),
+            gpus_json=h.get("gpus", ""),
             heartbeat_age_s=max(0.0, now_s - sent_at),
             probe=h.get("probe", ""),
             version=h.get("version", ""),
