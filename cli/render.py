@@ -10,12 +10,15 @@ from typing import Any
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A left-aligned text table; numbers are right-aligned."""
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(headers))]
-    lines = []
-    for r in cells:
-        lines.append("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)).rstrip())
-    return "\n".join(lines)
+    return "\n".join(_aligned(cells, numeric))
+
+
+def _aligned(cells: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+    """Rows of cells padded into columns two spaces apart; `right`: which columns align right."""
+    widths = [max(len(r[i]) for r in cells) for i in range(len(right))]
+    return ["  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)).rstrip()
+            for row in cells]  # fmt: skip
 
 
 def _cell(v: Any) -> str:
@@ -29,7 +32,8 @@ def percent(ratio: float) -> str:
 
 
 def render_status(status: dict[str, Any]) -> str:
-    """`gpufleet status` as text: one row per node, then the ingress depth per priority."""
+    """`gpufleet status` as text: one row per node, each followed by a line per GPU, then the
+    ingress depth per priority."""
     nodes = status["nodes"]
     if nodes:
         rows = [
@@ -37,12 +41,36 @@ def render_status(status: dict[str, Any]) -> str:
              n["completed"], n["failed"], f"{n['heartbeat_age_s']:.1f}s"]
             for n in nodes
         ]  # fmt: skip
-        body = table(["NODE", "STATE", "GPU", "MEM", "QUEUED", "RUNNING", "DONE", "FAILED", "HEARTBEAT"], rows)
+        head, *node_lines = table(["NODE", "STATE", "GPU", "MEM", "QUEUED", "RUNNING", "DONE", "FAILED",
+                                   "HEARTBEAT"], rows).splitlines()  # fmt: skip
+        lines = [head]
+        for n, line in zip(nodes, node_lines):
+            lines += [line, *("  " + g for g in render_gpus(n.get("gpus", [])))]  # under the node's row
+        body = "\n".join(lines)
     else:
         body = "no nodes yet: start one with `gpufleet worker`"
     alive = sum(n["state"] == "alive" for n in nodes)
     ingress = "  ".join(f"{p}={d}" for p, d in status["ingress"].items())
     return f"{body}\n\nnodes: {alive} alive of {len(nodes)}    ingress: {ingress}"
+
+
+def render_gpus(gpus: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per GPU of a node (a `status --json` node's `gpus`), in aligned columns: label,
+    name, utilization, memory used/total, temperature, power/limit, and what is wrong with it."""
+    rows = [[f"gpu{g['gpu']}", g["name"] or "-", "-" if g["util"] is None else percent(g["util"]),
+             f"{g['mem_used_gib']:.1f}/{g['mem_total_gib']:.1f} GiB" if g["mem_total_gib"] else "-",
+             "-" if g["temperature_c"] is None else f"{g['temperature_c']:.0f}C",
+             _power(g["power_w"], g["power_limit_w"]),
+             "" if g["healthy"] is not False else f"UNHEALTHY: {g['problem']}"]
+            for g in gpus]  # fmt: skip
+    return _aligned(rows, [False, False, True, True, True, True, False]) if rows else []
+
+
+def _power(draw_w: float | None, limit_w: float | None) -> str:
+    """312/700W; 312W with no known limit; - with no power sensor."""
+    if draw_w is None:
+        return "-"
+    return f"{draw_w:.0f}/{limit_w:.0f}W" if limit_w else f"{draw_w:.0f}W"
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -28,7 +28,8 @@ from .render import render_status
 @pass_state
 def status(state: CliState, as_json: bool, batch_id: str | None, watch: bool, interval_s: float) -> None:
     """Show every node (alive or dead, GPU and memory use, queue, running, done, failed,
-    heartbeat age) and the ingress depth per priority."""
+    heartbeat age) with a line per GPU (utilization, memory, temperature, power, health), and
+    the ingress depth per priority."""
     if watch:
         if as_json or batch_id:
             raise click.UsageError("--watch shows the live view; it takes no --json or --batch")

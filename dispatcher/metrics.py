@@ -14,7 +14,6 @@ dashboards in deploy/ use them.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter as Tally
@@ -28,20 +27,23 @@ from redis import Redis
 from .errors import SettingsError
 from .keys import PRIORITIES, Keys
 from .models import NodeState
-from .status import node_state_word
+from .status import GpuFigure, gpu_figures, node_state_word
 
 STATES = ("alive", "dead", "draining", "ejected", "unhealthy")  # every one is exported, 0 included
 MAX_VIEW_AGE_S = 5.0  # fleet gauges older than this are left out (the loop refreshes every ~0.15 s)
 DISPATCH_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-
-@dataclass(frozen=True)
-class GpuFigure:
-    """One accelerator's utilization as a heartbeat reported it."""
-
-    gpu: str  # the GPU's index, or "all" for a node that reports no GPU list
-    util: float  # 0..1
-    mem_util: float  # 0..1
+# Per-GPU gauges, labelled node and gpu: (name, help, the figure). A GPU that does not report a
+# figure (None: no sensor, a MIG instance, a node without a GPU list) has no series for it.
+GPU_GAUGES: tuple[tuple[str, str, Callable[[GpuFigure], float | None]], ...] = (
+    ("gpufleet_gpu_temperature_celsius", "GPU temperature (degrees C) from the node's last heartbeat.",
+     lambda g: g.temperature_c),
+    ("gpufleet_gpu_power_watts", "GPU power draw (W) from the node's last heartbeat.", lambda g: g.power_w),
+    ("gpufleet_gpu_power_limit_watts", "GPU enforced power limit (W) from the node's last heartbeat.",
+     lambda g: g.power_limit_w),
+    ("gpufleet_gpu_healthy", "1 if NVML reports no error on the GPU (lost, uncorrected ECC, critical Xid), else 0.",
+     lambda g: None if g.healthy is None else float(g.healthy)),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,22 +54,6 @@ class FleetView:
     ingress: Mapping[str, int] = field(default_factory=dict)  # priority -> jobs waiting
     gpus: Mapping[str, tuple[GpuFigure, ...]] = field(default_factory=dict)  # node id -> figures
     at: float = float("-inf")  # time.monotonic() of the refresh; -inf: none yet
-
-
-def gpu_figures(node: NodeState, raw_gpus: str | None) -> tuple[GpuFigure, ...]:
-    """Per-GPU figures from a heartbeat's `gpus` JSON list (index, util, mem_used_gib,
-    mem_total_gib); with no list, or one that cannot be read, the node's aggregates as gpu="all"."""
-    try:
-        figures = tuple(_gpu_figure(g) for g in (json.loads(raw_gpus) if raw_gpus else []))
-    except (ValueError, TypeError, KeyError):
-        figures = ()
-    return figures or (GpuFigure("all", node.gpu_util, node.mem_util),)
-
-
-def _gpu_figure(g: Mapping[str, float]) -> GpuFigure:
-    total = float(g["mem_total_gib"])
-    mem_util = _ratio(float(g["mem_used_gib"]) / total) if total else 0.0
-    return GpuFigure(str(int(g["index"])), _ratio(float(g["util"])), mem_util)
 
 
 def fleet_families(view: FleetView | None, desired_nodes: int | None) -> Iterator[Metric]:
@@ -89,19 +75,28 @@ def fleet_families(view: FleetView | None, desired_nodes: int | None) -> Iterato
 
     util = GaugeMetricFamily("gpufleet_node_gpu_utilization_ratio",
                              "GPU utilization (0-1) from the node's last heartbeat; gpu=\"all\": the node "
-                             "reports no per-GPU figures. Dead nodes are left out.",
+                             "reports no per-GPU figures. Dead nodes and MIG instances (NVML does not measure "
+                             "them) are left out.",
                              labels=["node", "gpu"])  # fmt: skip
     mem = GaugeMetricFamily("gpufleet_node_memory_utilization_ratio",
                             "GPU memory used / total (0-1) from the node's last heartbeat; gpu=\"all\": the node "
                             "reports no per-GPU figures. Dead nodes are left out.", labels=["node", "gpu"])  # fmt: skip
+    per_gpu = [(GaugeMetricFamily(name, help_text, labels=["node", "gpu"]), figure)
+               for name, help_text, figure in GPU_GAUGES]  # fmt: skip
     for n in view.nodes:
         if not n.alive:
             continue
         for g in view.gpus.get(n.node_id) or gpu_figures(n, None):
-            util.add_metric([n.node_id, g.gpu], g.util)
+            if g.util is not None:  # None: a MIG instance
+                util.add_metric([n.node_id, g.gpu], g.util)
             mem.add_metric([n.node_id, g.gpu], g.mem_util)
+            for family, figure in per_gpu:
+                if (x := figure(g)) is not None:
+                    family.add_metric([n.node_id, g.gpu], x)
     yield util
     yield mem
+    for family, _ in per_gpu:
+        yield family
 
     states = Tally(node_state_word(n) for n in view.nodes)
     nodes = GaugeMetricFamily("gpufleet_nodes", "Nodes known to the fleet, by state.", labels=["state"])
@@ -195,7 +190,3 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> thre
     except OSError as e:
         raise SettingsError(f"--metrics-port {port}: cannot listen on {addr}:{port}: {e.strerror or e}") from e
     return thread
-
-
-def _ratio(x: float) -> float:
-    return min(1.0, max(0.0, x))

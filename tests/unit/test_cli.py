@@ -7,9 +7,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import fakeredis
+
 from cli.main import cli
-from cli.render import percentile, render_latency_table, render_status, table
+from cli.render import percentile, render_gpus, render_latency_table, render_status, table
+from dispatcher.keys import Keys
 from dispatcher.redis_server import free_port
+from dispatcher.status import read_status
+from worker.gpu import NvmlProbe
+from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat
+from worker.stats import StatsView
+
+from .fake_nvml import FakeGpu, FakeNvml, mig_gpu
 
 COMMANDS = ["submit", "results", "status", "dispatcher", "worker", "demo", "local"]
 
@@ -69,6 +78,43 @@ def test_render_status_shows_nodes_and_ingress() -> None:
     })  # fmt: skip
     assert "a     alive  50%" in text and "dead" in text
     assert "nodes: 1 alive of 2" in text and "normal=5" in text
+
+
+def test_status_shows_each_gpu_the_heartbeat_reported() -> None:
+    """A node with a healthy H200, a lost one and a MIG instance: `status --json` lists all three
+    under the node, and the text puts one line per GPU under the node's row."""
+    nvml = FakeNvml([FakeGpu(util_percent=93, mem_used_gib=70.5, power_mw=312_400), FakeGpu(), mig_gpu(0)])
+    probe = NvmlProbe(nvml)
+    nvml.gpus[1].lost = True
+    r, keys = fakeredis.FakeRedis(), Keys("t")
+    send_heartbeat(r, keys, "gpu-host-1", heartbeat_fields(NodeInfo("gpu-host-1"), StatsView(0, 0, 0, 1.0, 0.0),
+                                                           probe.read()), ttl_s=5)  # fmt: skip
+    record = read_status(r, keys)
+    [node] = record["nodes"]
+    assert node["gpus"][0] == {"gpu": "0", "name": "NVIDIA H200", "util": 0.93, "mem_used_gib": 70.5,
+                               "mem_total_gib": 141.0, "temperature_c": 45.0, "power_w": 312.4,
+                               "power_limit_w": 700.0, "healthy": True, "problem": ""}  # fmt: skip
+    assert [(g["gpu"], g["healthy"], g["util"]) for g in node["gpus"][1:]] == [("1", False, None), ("2:0", True, None)]
+
+    lines = render_status(record).splitlines()
+    assert lines[1].startswith("gpu-host-1  unhealthy")
+    assert lines[2].split() == ["gpu0", "NVIDIA", "H200", "93%", "70.5/141.0", "GiB", "45C", "312/700W"]
+    assert lines[3].split()[:4] == ["gpu1", "NVIDIA", "H200", "-"] and "UNHEALTHY: NVML error: GPU is lost" in lines[3]
+    assert lines[4].split() == ["gpu2:0", "NVIDIA", "A100-SXM4-80GB", "MIG", "1g.10gb", "-", "1.0/9.8", "GiB", "-", "-"]
+
+
+def test_gpu_lines_line_up_and_say_what_a_gpu_does_not_report() -> None:
+    def gpu(label: str, **figures: object) -> dict[str, object]:
+        return {"gpu": label, "name": "NVIDIA T4", "util": 0.5, "mem_used_gib": 1.0, "mem_total_gib": 15.0,
+                "temperature_c": 61.0, "power_w": 27.0, "power_limit_w": None, "healthy": True, "problem": "",
+                **figures}  # fmt: skip
+
+    lines = render_gpus([gpu("0"), gpu("1", temperature_c=None, power_w=None, util=1.0, healthy=False,
+                                         problem="Xid 79")])  # fmt: skip
+    assert lines[0].split() == ["gpu0", "NVIDIA", "T4", "50%", "1.0/15.0", "GiB", "61C", "27W"]
+    assert lines[1].split()[3:] == ["100%", "1.0/15.0", "GiB", "-", "-", "UNHEALTHY:", "Xid", "79"]
+    assert lines[0].index("GiB") == lines[1].index("GiB")
+    assert render_gpus([]) == []
 
 
 def test_table_right_aligns_numbers() -> None:

@@ -85,13 +85,13 @@ def test_nvml_probe_aggregates_every_gpu() -> None:
 
 def test_without_nvml_the_cpu_probe_takes_over_with_a_warning(monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    def broken_init(self: NvmlProbe, nvml: object = None) -> None:
+    def broken_init(self: NvmlProbe, *args: object, **kwargs: object) -> None:
         raise OSError("libnvidia-ml.so.1: cannot open shared object file")
 
     monkeypatch.setattr(NvmlProbe, "__init__", broken_init)
     probe = make_probe("nvml", lambda: 0.0)
     assert isinstance(probe, CpuProbe)
-    assert "nvml unavailable" in caplog.text
+    assert "nvml unavailable" in caplog.text and "libnvidia-ml.so.1" in caplog.text
     assert 0.0 <= probe.read().mem_util <= 1.0
 
 

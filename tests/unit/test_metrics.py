@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import metrics
-from dispatcher.metrics import DispatcherMetrics, FleetView, gpu_figures, set_desired_nodes
+from dispatcher.metrics import DispatcherMetrics, FleetView, set_desired_nodes
+from dispatcher.status import gpu_figures
 from tests.conftest import node
 from worker.metrics import DURATION_BUCKETS_S, worker_registry
 from worker.stats import NodeStats
@@ -70,6 +71,36 @@ def test_fleet_gauges_follow_the_snapshot() -> None:
     assert not any(k[0].endswith("ratio") and ("node", "old") in k[1] for k in found)  # dead: no utilization
     states = {s: value(found, "gpufleet_nodes", state=s) for s in metrics.STATES}
     assert states == {"alive": 2, "dead": 1, "draining": 1, "ejected": 0, "unhealthy": 0}
+
+
+def test_each_gpu_exports_temperature_power_and_health_where_it_reports_them() -> None:
+    """An H200 with every sensor, a lost one, a MIG instance (no utilization, no sensors), as the
+    heartbeat sends them; a CPU node has no per-GPU series beyond its gpu="all" utilization."""
+    clock = Clock()
+    raw = json.dumps([
+        {"index": 0, "label": "0", "name": "H200", "util": 0.9, "mem_used_gib": 70.5, "mem_total_gib": 141.0,
+         "temperature_c": 71, "power_w": 612.5, "power_limit_w": 700.0, "healthy": True, "problem": ""},
+        {"index": 1, "label": "1", "name": "H200", "util": None, "mem_used_gib": 0.0, "mem_total_gib": 0.0,
+         "temperature_c": None, "power_w": None, "power_limit_w": None, "healthy": False,
+         "problem": "NVML error: GPU is lost"},
+        {"index": 2, "label": "2:0", "name": "A100 MIG 1g.10gb", "util": None, "mem_used_gib": 2.5,
+         "mem_total_gib": 10.0, "temperature_c": None, "power_w": None, "power_limit_w": None, "healthy": True,
+         "problem": ""},
+    ])  # fmt: skip
+    nodes = (node("g"), node("cpu", gpu_util=0.3))
+    gpus = {"g": gpu_figures(nodes[0], raw), "cpu": gpu_figures(nodes[1], None)}
+    found = samples(view_metrics(FleetView(nodes, {}, gpus, at=clock.t), clock).exposition())
+
+    assert value(found, "gpufleet_gpu_temperature_celsius", node="g", gpu="0") == 71
+    assert value(found, "gpufleet_gpu_power_watts", node="g", gpu="0") == 612.5
+    assert value(found, "gpufleet_gpu_power_limit_watts", node="g", gpu="0") == 700
+    healthy = {gpu: value(found, "gpufleet_gpu_healthy", node="g", gpu=gpu) for gpu in ("0", "1", "2:0")}
+    assert healthy == {"0": 1, "1": 0, "2:0": 1}
+    assert value(found, "gpufleet_node_memory_utilization_ratio", node="g", gpu="2:0") == 0.25
+    per_gpu = {(name, dict(labels).get("gpu")) for name, labels in found if ("node", "g") in labels}
+    assert ("gpufleet_node_gpu_utilization_ratio", "2:0") not in per_gpu  # NVML does not measure a MIG instance
+    assert ("gpufleet_gpu_temperature_celsius", "1") not in per_gpu  # a lost GPU reports no temperature
+    assert not any(name.startswith("gpufleet_gpu_") and ("node", "cpu") in labels for name, labels in found)
 
 
 def test_desired_nodes_is_absent_until_the_autoscaler_publishes_it() -> None:

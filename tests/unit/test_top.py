@@ -66,6 +66,16 @@ def test_two_hundred_nodes_still_fit_in_24_lines() -> None:
     assert "... 3 more batches" in lines[-1] and "LATENCY" in lines[2]
 
 
+def test_per_gpu_figures_in_the_status_record_do_not_change_the_frame() -> None:
+    """`status --json` nodes carry a `gpus` list; top keeps one row per node, so 200 nodes of 8 GPUs still fit."""
+    gpus = [{"gpu": str(i), "name": "NVIDIA H200", "util": 0.9, "mem_used_gib": 70.0, "mem_total_gib": 141.0,
+             "temperature_c": 70.0, "power_w": 600.0, "power_limit_w": 700.0, "healthy": True, "problem": ""}
+            for i in range(8)]  # fmt: skip
+    plain = frame_text(status([node(i) for i in range(200)]))
+    assert frame_text(status([{**node(i), "gpus": gpus} for i in range(200)])) == plain
+    assert len(plain) <= 24
+
+
 def test_no_autoscaler_shows_a_dash_and_no_nodes_says_how_to_start_one() -> None:
     text = "\n".join(frame_text(status([]), desired=None, batches=[]))
     assert "desired -" in text and "gpufleet worker" in text and "no batches in flight" in text
