@@ -16,7 +16,7 @@ from dispatcher.loop import Dispatcher
 from dispatcher.metrics import DispatcherMetrics, serve
 from dispatcher.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
 from worker.gpu import PROBE_NAMES
-from worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_worker
+from worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_gpu_nodes, run_worker
 
 from .main import CliState, pass_state
 
@@ -76,7 +76,13 @@ def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | 
 
 
 @click.command()
-@click.option("--node-id", default=None, help="This node's id (default: the host name).")
+@click.option("--node-id", default=None, help="This node's id (default: the host name); with --gpus, the prefix of each.")
+@click.option("--gpus", default=None, metavar="all|0,1,3",
+              help="One node per GPU, each its own process pinned with CUDA_VISIBLE_DEVICES, named "
+                   "<node-id>-gpu<N>; restarted if it dies. 'all': every GPU NVML sees, MIG instances "
+                   "included (as 0:1). Default: one node on whatever GPUs the process sees.")  # fmt: skip
+@click.option("--gpus-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --gpus: GPUs per node, for a model that spans several (node <node-id>-gpu0+1).")  # fmt: skip
 @click.option("--probe", type=click.Choice(PROBE_NAMES), default="nvml", show_default=True,
               help="GPU figures from NVML, from the CPU (no GPU), or simulated from the worker's busy time.")  # fmt: skip
 @click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
@@ -89,19 +95,28 @@ def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | 
               help="Module whose functions this worker may run (repeatable). Default: worker.tasks.")  # fmt: skip
 @click.option("--burst", is_flag=True, help="Exit once the node queue is empty.")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
-              help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics; 0: off.")  # fmt: skip
+              help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (with --gpus, node i on "
+                   "PORT+i); 0: off.")  # fmt: skip
 @pass_state
-def worker(state: CliState, node_id: str | None, probe: str, sim_speed: float, capacity: int, weight: float,
-           allow: tuple[str, ...], burst: bool, metrics_port: int) -> None:  # fmt: skip
+def worker(state: CliState, node_id: str | None, gpus: str | None, gpus_per_node: int, probe: str, sim_speed: float,
+           capacity: int, weight: float, allow: tuple[str, ...], burst: bool, metrics_port: int) -> None:  # fmt: skip
     """Work this node's queue, with a heartbeat, until Ctrl-C or SIGTERM (the running job finishes).
 
     Jobs run in this process (no fork per job), so a model loaded once stays warm. Only
-    functions of allowed modules run; any other job fails with a clear error.
+    functions of allowed modules run; any other job fails with a clear error. A task marked
+    @batched gets up to its max_size jobs at once.
+
+    On a host with 8 GPUs: `gpufleet worker --gpus all` runs 8 nodes, one per GPU.
     """
     opts = WorkerOptions(node_id=node_id or default_node_id(), probe=probe, sim_speed=sim_speed,
                          capacity=capacity, weight=weight, allow=allow or DEFAULT_ALLOW, burst=burst,
                          metrics_port=metrics_port)  # fmt: skip
-    run_worker(state.settings, opts)
+    if gpus is not None:
+        run_gpu_nodes(state.settings, opts, gpus, gpus_per_node)
+    elif gpus_per_node != 1:
+        raise click.UsageError("--gpus-per-node needs --gpus")
+    else:
+        run_worker(state.settings, opts)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -87,6 +87,15 @@ class Scripts:
             args += [e.place.job_id, e.place.member or e.place.job_id, e.reason]
         return [flag == 1 for flag in self._run["end_jobs"](keys=keys, args=args)]
 
+    def claim_jobs(self, node_queue: str, job_ids: Sequence[str]) -> list[str]:
+        """Take these jobs out of `node_queue` (rq's intermediate list gets them, as rq's own
+        dequeue does); the ids actually claimed, in order."""
+        if not job_ids:
+            return []
+        keys = [Keys.rq_queue(node_queue), Keys.rq_intermediate(node_queue)]
+        flags = self._run["claim_jobs"](keys=keys, args=list(job_ids))
+        return [job_id for job_id, flag in zip(job_ids, flags) if flag == 1]
+
     def renew_lease(self, token: str, ttl_ms: int) -> bool:
         return bool(self._run["renew_lease"](keys=[self._keys.dispatcher_lease], args=[token, ttl_ms]) == 1)
 

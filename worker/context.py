@@ -11,6 +11,7 @@ class NodeContext:
 
     node_id: str = "local"
     sim_speed: float = 1.0
+    gpus: tuple[str, ...] = ()  # the CUDA_VISIBLE_DEVICES this process is pinned to (worker --gpus)
     models: set[str] = field(default_factory=set)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -34,15 +35,22 @@ class NodeInfo:
     speed: float = 1.0
     weight: float = 1.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    pid: int = field(default_factory=os.getpid)
 
 
 def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, models: tuple[str, ...] = (),
                      now_s: float | None = None) -> dict[str, str]:  # fmt: skip
-    """The heartbeat HASH for one instant (pure)."""
+    """The heartbeat HASH for one instant (pure).
+
+    `capacity` is the jobs the node holds at once: its slots times the largest batch its
+    batched tasks take (a slot working a batch of 32 holds 32 jobs, each for the batch's time).
+    """
     mem_total = sum(g.mem_total_gib for g in reading.gpus)
     fields = {
         "ts": f"{time.time() if now_s is None else now_s:.3f}",
-        "capacity": str(info.capacity),
+        "capacity": str(info.capacity * view.batch_max),
+        "slots": str(info.capacity),
+        "batch_max": str(view.batch_max),
         "speed": f"{info.speed:g}",
         "weight": f"{info.weight:g}",
         "running": str(view.running),
@@ -62,6 +70,7 @@ def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, model
         "health_reason": reading.problems,
         "probe": reading.probe,
         "version": VERSION,
+        "pid": str(info.pid),
         "labels": json.dumps(dict(info.labels)),
     }
     return fields

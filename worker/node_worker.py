@@ -6,7 +6,8 @@
 - fencing: a result is written only if the job is still this node's current attempt (a node
   declared dead may finish a job that was already handed to another node);
 - SIGINT/SIGTERM drain the node first (nothing new is routed here), then rq's warm shutdown
-  lets the running job finish.
+  lets the running job finish;
+- dynamic batching: a job of a task marked @batched runs with others like it (batch_run.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from typing import Any
 
 import redis
@@ -21,12 +23,16 @@ from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
+from rq.utils import utcformat
 
-from dispatcher.job import FleetJob, wake_dispatcher
+from dispatcher.job import BatchCounter, FleetJob, wake_dispatcher
 from dispatcher.keys import JobField, Keys
 from dispatcher.retry import may_retry, retry_delay_s
+from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings
 
+from .batch_run import BatchRun
+from .batching import batch_spec
 from .stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -52,19 +58,26 @@ class NodeWorker(SimpleWorker):
         self.keys = Keys(settings.namespace)
         self.stats = stats
         self.slot = slot
+        self.scripts = Scripts(self.connection, self.keys)
         self._rng = random.Random()
-        self.unfinished_job_id: str | None = None  # set while a job's outcome is not yet recorded
+        self.unfinished_job_ids: set[str] = set()  # jobs started whose outcome is not yet recorded
         self.stop_requested = False  # rq raises StopRequested when idle without keeping a flag
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            spec = batch_spec(job.func)
+        except Exception:  # not allowed, not importable: rq's own path records why the job fails
+            spec = None
+        if spec is not None:
+            return BatchRun(self, queue, job, spec).run()
         self.stats.job_started(self.slot)
-        self.unfinished_job_id = job.id
+        self.unfinished_job_ids = {job.id}
         started = time.perf_counter()
         ok = False
         try:
             super().execute_job(job, queue)
             ok = job.get_status(refresh=False) == JobStatus.FINISHED
-            self.unfinished_job_id = None
+            self.unfinished_job_ids = set()
         finally:
             self.stats.job_ended(time.perf_counter() - started, ok, self.slot)
 
@@ -79,11 +92,19 @@ class NodeWorker(SimpleWorker):
         """This execution's number: attempts as read at dequeue, plus this one."""
         return int(job.fleet.get(JobField.ATTEMPTS, 0) if isinstance(job, FleetJob) else 0) + 1
 
-    def _is_stale(self, job: Job) -> bool:
-        node, attempts = self.connection.hmget(job.key, JobField.NODE, JobField.ATTEMPTS)
-        return (node or b"").decode() != self.node_id or int(attempts or 0) != self._attempt(job)
+    def stale_job_ids(self, jobs: list[Job]) -> set[str]:
+        """The jobs no longer this node's current attempt (one round trip for all of them)."""
+        with self.connection.pipeline(transaction=False) as p:
+            for job in jobs:
+                p.hmget(job.key, JobField.NODE, JobField.ATTEMPTS)
+            found = p.execute()
+        return {
+            job.id
+            for job, (node, attempts) in zip(jobs, found)
+            if (node or b"").decode() != self.node_id or int(attempts or 0) != self._attempt(job)
+        }
 
-    def _drop_stale(self, job: Job, execution: Execution | None) -> None:
+    def drop_stale(self, job: Job, execution: Execution | None) -> None:
         log.warning("late result dropped: job moved on node=%s job=%s attempt=%d", self.node_id, job.id,
                     self._attempt(job))  # fmt: skip
         with self.connection.pipeline() as p:
@@ -92,9 +113,42 @@ class NodeWorker(SimpleWorker):
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
         try:
-            if self._is_stale(job):
-                return self._drop_stale(job, execution)
+            if self.stale_job_ids([job]):
+                return self.drop_stale(job, execution)
             super().handle_job_success(job, queue, started_job_registry, execution)
+        except REDIS_DOWN as e:
+            raise OutcomeNotRecorded(str(e)) from e
+
+    def record_successes(self, done: list[tuple[Job, Execution, Any]]) -> None:
+        """What rq's handle_job_success leaves behind, for several jobs in one transaction: each
+        job finished with its ended_at, its Result, the finished registry, its expiry, its
+        execution gone from the started registry; batch counters and the dispatcher's wake-up
+        once for all. Leaner than rq's per-job path, which re-saves the whole job HASH and
+        handles dependents, repeats and callbacks (gpufleet jobs have none)."""
+        if not done:
+            return
+        finished: Counter[str] = Counter()
+        try:
+            with self.connection.pipeline() as p:
+                for job, execution, value in done:
+                    job._result, job._status = value, JobStatus.FINISHED
+                    ttl = job.get_result_ttl(self.default_result_ttl)
+                    p.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": utcformat(job.ended_at)})
+                    Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=value, worker_name=self.name,
+                                  pipeline=p, execution_id=execution.id, execution_started_at=execution.created_at,
+                                  execution_ended_at=job.ended_at)  # fmt: skip
+                    if ttl:
+                        job.finished_job_registry.add(job, ttl, p)
+                    job.cleanup(ttl, pipeline=p, remove_from_queue=False)
+                    self.cleanup_execution(job, pipeline=p, execution=execution)
+                    self.increment_successful_job_count(pipeline=p)
+                    self.increment_total_working_time(job.ended_at - job.started_at, p)
+                    finished[job.batch_id if isinstance(job, FleetJob) else ""] += 1
+                for batch_id, count in finished.items():
+                    if batch_id:
+                        p.hincrby(self.keys.batch_info(batch_id), BatchCounter.FINISHED, count)
+                wake_dispatcher(p, self.keys)
+                p.execute()
         except REDIS_DOWN as e:
             raise OutcomeNotRecorded(str(e)) from e
 
@@ -105,8 +159,8 @@ class NodeWorker(SimpleWorker):
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Execution | None = None) -> None:  # fmt: skip
-        if self._is_stale(job):
-            return self._drop_stale(job, execution)
+        if self.stale_job_ids([job]):
+            return self.drop_stale(job, execution)
         attempt = self._attempt(job)
         retries = int(job.fleet.get(JobField.RETRIES, 0) if isinstance(job, FleetJob) else 0)
         if self._stopped_job_id != job.id and may_retry(attempt, retries):

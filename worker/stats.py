@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 EWMA_ALPHA = 0.2  # weight of the newest job in the service-time average
 _MP = multiprocessing.get_context("spawn")
-_RUNNING, _COMPLETED, _FAILED, _SERVICE_S, _BUSY_S, _WINDOW_START = range(6)
+_RUNNING, _COMPLETED, _FAILED, _SERVICE_S, _BUSY_S, _WINDOW_START, _BATCH_MAX = range(7)
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class StatsView:
     failed: int
     service_time_s: float
     busy_fraction: float  # share of slot-time spent on jobs since the previous view
+    batch_max: int = 1  # the largest max_size of the batched tasks run here so far (1: none)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ class NodeStats:
         self.buckets = tuple(buckets)  # upper bounds (s) of a job-duration histogram; () keeps none
         self._clock = clock
         self._lock = _MP.Lock()
-        self._v = _MP.Array("d", 6, lock=False)
+        self._v = _MP.Array("d", 7, lock=False)
         self._v[_SERVICE_S] = initial_service_time_s
+        self._v[_BATCH_MAX] = 1
         self._v[_WINDOW_START] = clock()
         self._started = _MP.Array("d", slots, lock=False)  # start time of each slot's job; -1 idle
         for i in range(slots):
@@ -57,19 +59,24 @@ class NodeStats:
         self.last_busy_fraction = 0.0  # busy fraction of the most recent view (this process)
         self._hist = _MP.Array("d", len(self.buckets) + 2, lock=False)  # bucket counts, +Inf, sum
 
-    def job_started(self, slot: int = 0) -> None:
+    def job_started(self, slot: int = 0, count: int = 1) -> None:
+        """`count` jobs started together in `slot` (more than one: a batch)."""
         with self._lock:
-            self._v[_RUNNING] += 1
+            self._v[_RUNNING] += count
             self._started[slot] = self._clock()
 
-    def job_ended(self, duration_s: float, ok: bool, slot: int = 0) -> None:
+    def job_ended(self, duration_s: float, ok: bool, slot: int = 0, count: int = 1) -> None:
+        """`count` jobs of `slot` ended with the same outcome after `duration_s` (a batch's jobs
+        all take the batch's time: the service-time average is per job held, as routing reads it)."""
+        if count < 1:
+            return
         with self._lock:
             t = self._clock()
-            self._v[_RUNNING] = max(0.0, self._v[_RUNNING] - 1)
-            self._v[_COMPLETED if ok else _FAILED] += 1
+            self._v[_RUNNING] = max(0.0, self._v[_RUNNING] - count)
+            self._v[_COMPLETED if ok else _FAILED] += count
             self._v[_SERVICE_S] += EWMA_ALPHA * (duration_s - self._v[_SERVICE_S])
-            self._hist[bisect_left(self.buckets, duration_s)] += 1  # le semantics: duration <= bound
-            self._hist[-1] += duration_s
+            self._hist[bisect_left(self.buckets, duration_s)] += count  # le semantics: duration <= bound
+            self._hist[-1] += duration_s * count
             if self._started[slot] >= 0:
                 self._v[_BUSY_S] += t - max(self._started[slot], self._v[_WINDOW_START])
                 self._started[slot] = -1.0
@@ -83,9 +90,14 @@ class NodeStats:
             fraction = min(1.0, busy / max(1e-9, (t - start) * self.slots))
             self._v[_BUSY_S], self._v[_WINDOW_START] = 0.0, t
             view = StatsView(int(self._v[_RUNNING]), int(self._v[_COMPLETED]), int(self._v[_FAILED]),
-                             self._v[_SERVICE_S], fraction)  # fmt: skip
+                             self._v[_SERVICE_S], fraction, int(self._v[_BATCH_MAX]))  # fmt: skip
         self.last_busy_fraction = fraction
         return view
+
+    def saw_batch_size(self, max_size: int) -> None:
+        """A batched task that takes up to `max_size` jobs at once runs here."""
+        with self._lock:
+            self._v[_BATCH_MAX] = max(self._v[_BATCH_MAX], max_size)
 
     def totals(self) -> Totals:
         """Completed, failed and the duration histogram, read together; unlike view(), no side effect."""

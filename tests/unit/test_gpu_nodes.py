@@ -1,0 +1,59 @@
+"""`worker --gpus`: choosing GPUs, grouping them into nodes, naming and pinning (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.errors import SettingsError
+from worker.gpu import GpuDevice
+from worker.gpu_nodes import cuda_visible_devices, gpu_node_id, group_gpus, select_gpus
+
+
+def gpu(label: str) -> GpuDevice:
+    index, _, mig = label.partition(":")
+    return GpuDevice(label, int(index), int(mig) if mig else None, f"MIG-{label}" if mig else f"GPU-{label}", "H100")
+
+
+HOST = [gpu("0"), gpu("1"), gpu("2:0"), gpu("2:1"), gpu("3")]
+
+
+def test_all_takes_every_gpu_nvml_sees_mig_instances_included() -> None:
+    assert select_gpus("all", HOST) == tuple(HOST)
+
+
+def test_a_list_takes_those_gpus_in_the_order_given() -> None:
+    assert [d.label for d in select_gpus("3, 0,2:1", HOST)] == ["3", "0", "2:1"]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("0,7", "no GPU '7' on this host (NVML sees: 0, 1, 2:0, 2:1, 3)"),
+    ("1,1", "GPU 1 named twice"),
+    (" , ", "give 'all' or GPU indices"),
+])  # fmt: skip
+def test_a_bad_selection_says_what_is_wrong(spec: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        select_gpus(spec, HOST)
+
+
+def test_without_nvml_indices_are_taken_on_trust_and_all_is_refused() -> None:
+    chosen = select_gpus("0,1", ())
+    assert [(d.label, d.index, d.cuda_visible) for d in chosen] == [("0", 0, "0"), ("1", 1, "1")]
+    with pytest.raises(SettingsError, match="NVML found no GPU"):
+        select_gpus("all", ())
+    with pytest.raises(SettingsError, match="only indices work"):
+        select_gpus("0:1", ())
+
+
+def test_gpus_group_into_nodes_that_must_divide_evenly() -> None:
+    eight = [gpu(str(i)) for i in range(8)]
+    assert [[d.label for d in g] for g in group_gpus(eight, 2)] == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    with pytest.raises(SettingsError, match="8 GPUs do not split into nodes of 3"):
+        group_gpus(eight, 3)
+
+
+def test_node_ids_and_pinning_name_the_gpus() -> None:
+    assert gpu_node_id("h", [gpu("3")]) == "h-gpu3"
+    assert gpu_node_id("h", [gpu("0"), gpu("1")]) == "h-gpu0+1"
+    assert gpu_node_id("h", [gpu("2:1")]) == "h-gpu2-mig1"
+    assert cuda_visible_devices([gpu("0"), gpu("1")]) == "0,1"
+    assert cuda_visible_devices([gpu("2:1")]) == "MIG-2:1"  # a MIG instance is pinned by its UUID
