@@ -7,7 +7,9 @@
   declared dead may finish a job that was already handed to another node);
 - SIGINT/SIGTERM drain the node first (nothing new is routed here), then rq's warm shutdown
   lets the running job finish;
-- dynamic batching: a job of a task marked @batched runs with others like it (batch_run.py).
+- lean bookkeeping: each run (a job, or a batch of a task marked @batched) is started and
+  recorded in a few pipelines (job_run.py), not rq's ~20 round trips per job; rq's own
+  worker heartbeat and state writes are skipped when they would change nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.worker import WorkerStatus
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
@@ -31,14 +34,15 @@ from dispatcher.retry import may_retry, retry_delay_s
 from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings
 
-from .batch_run import BatchRun
-from .batching import batch_spec
+from .job_run import JobRun
 from .stats import NodeStats
 
 log = logging.getLogger(__name__)
 
 STOP_DRAIN_MARK = "stopping"  # drain flag value a stopping worker sets (and clears on exit)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+RQ_HEARTBEAT_EVERY_S = 1.0  # rq's worker-registry heartbeat (its TTL is minutes), at most this often
+RQ_SUSPENSION_CHECK_EVERY_S = 1.0  # `rq suspend` is noticed within this long
 
 
 class OutcomeNotRecorded(Exception):
@@ -62,24 +66,31 @@ class NodeWorker(SimpleWorker):
         self._rng = random.Random()
         self.unfinished_job_ids: set[str] = set()  # jobs started whose outcome is not yet recorded
         self.stop_requested = False  # rq raises StopRequested when idle without keeping a flag
+        self._rq_heartbeat_at = self._suspension_checked_at = float("-inf")
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        try:
-            spec = batch_spec(job.func)
-        except Exception:  # not allowed, not importable: rq's own path records why the job fails
-            spec = None
-        if spec is not None:
-            return BatchRun(self, queue, job, spec).run()
-        self.stats.job_started(self.slot)
-        self.unfinished_job_ids = {job.id}
-        started = time.perf_counter()
-        ok = False
-        try:
-            super().execute_job(job, queue)
-            ok = job.get_status(refresh=False) == JobStatus.FINISHED
-            self.unfinished_job_ids = set()
-        finally:
-            self.stats.job_ended(time.perf_counter() - started, ok, self.slot)
+        JobRun(self, queue, job).run()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """rq's worker heartbeat, which its loop sends around every job: at most once a second
+        unless it rides in a pipeline or sets a job's TTL."""
+        if pipeline is None and timeout is None:
+            if time.monotonic() - self._rq_heartbeat_at < RQ_HEARTBEAT_EVERY_S:
+                return
+            self._rq_heartbeat_at = time.monotonic()
+        super().heartbeat(timeout, pipeline)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """rq's `rq suspend` check, which its loop makes before every job: once a second."""
+        if time.monotonic() - self._suspension_checked_at >= RQ_SUSPENSION_CHECK_EVERY_S:
+            super().check_for_suspension(burst)
+            self._suspension_checked_at = time.monotonic()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """rq's worker state, written only when it changes (its loop sets idle twice per job)."""
+        if pipeline is None and state == self.get_state():
+            return
+        super().set_state(state, pipeline)
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_requested = True
@@ -111,14 +122,6 @@ class NodeWorker(SimpleWorker):
             self.cleanup_execution(job, pipeline=p, execution=execution)
             p.execute()
 
-    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
-        try:
-            if self.stale_job_ids([job]):
-                return self.drop_stale(job, execution)
-            super().handle_job_success(job, queue, started_job_registry, execution)
-        except REDIS_DOWN as e:
-            raise OutcomeNotRecorded(str(e)) from e
-
     def record_successes(self, done: list[tuple[Job, Execution, Any]]) -> None:
         """What rq's handle_job_success leaves behind, for several jobs in one transaction: each
         job finished with its ended_at, its Result, the finished registry, its expiry, its
@@ -139,7 +142,8 @@ class NodeWorker(SimpleWorker):
                                   execution_ended_at=job.ended_at)  # fmt: skip
                     if ttl:
                         job.finished_job_registry.add(job, ttl, p)
-                    job.cleanup(ttl, pipeline=p, remove_from_queue=False)
+                    if ttl and ttl > 0:  # rq's job.cleanup also expires dependents' keys: gpufleet jobs have none
+                        p.expire(job.key, ttl)
                     self.cleanup_execution(job, pipeline=p, execution=execution)
                     self.increment_successful_job_count(pipeline=p)
                     self.increment_total_working_time(job.ended_at - job.started_at, p)
@@ -148,14 +152,10 @@ class NodeWorker(SimpleWorker):
                     if batch_id:
                         p.hincrby(self.keys.batch_info(batch_id), BatchCounter.FINISHED, count)
                 wake_dispatcher(p, self.keys)
+                self.set_state(WorkerStatus.IDLE, pipeline=p)
                 p.execute()
         except REDIS_DOWN as e:
             raise OutcomeNotRecorded(str(e)) from e
-
-    def _finalize_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: Any) -> None:
-        if isinstance(exc_info[1], OutcomeNotRecorded):
-            raise exc_info[1]
-        super()._finalize_failure(job, queue, execution, exc_info)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Execution | None = None) -> None:  # fmt: skip

@@ -1,9 +1,11 @@
-"""One run of a batched task: gather jobs, start them together, make one call, record each.
+"""One run on a node: start a job (or a batch of them), make one call, record each outcome.
 
-The jobs stay real rq jobs throughout: each gets its own rq Execution in the started registry
-(so routing sees a batch of 32 as 32 jobs running), its own result or failure, its own retry
-and its own fence check. The bookkeeping for the whole batch goes in one pipeline at the start
-and one at the end; only failures take rq's per-job path (they are the rare case).
+This replaces rq's per-job bookkeeping (about 20 round trips per job) with three pipelines
+per run: start, fence check, record. A plain job runs alone; a job of a task marked
+@batched is joined by up to max_size - 1 like jobs from the node queue. The jobs stay real
+rq jobs throughout: each gets its own rq Execution in the started registry (so routing sees
+a batch of 32 as 32 jobs running), its own Result or failure, its own retry and its own
+fence check. Failures take rq's per-job path (they are the rare case).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rq.worker import WorkerStatus
 
 from dispatcher.keys import JobField
 
-from .batching import BatchSpec, per_job_results
+from .batching import BatchSpec, batch_spec, per_job_results
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -39,18 +41,24 @@ def _model(job: Job) -> str:
     return str(getattr(job, "fleet", {}).get(JobField.MODEL, ""))
 
 
-class BatchRun:
-    """Runs `first` (already dequeued by rq) with up to `spec.max_size - 1` more jobs of the
-    same function and model taken from the node queue."""
+class JobRun:
+    """Runs `first` (already dequeued by rq); when its task is batched, with up to
+    `max_size - 1` more jobs of the same function and model taken from the node queue."""
 
-    def __init__(self, worker: NodeWorker, queue: Queue, first: Job, spec: BatchSpec) -> None:
-        self.worker, self.queue, self.first, self.spec = worker, queue, first, spec
+    def __init__(self, worker: NodeWorker, queue: Queue, first: Job) -> None:
+        self.worker, self.queue, self.first = worker, queue, first
         self.conn = worker.connection
+        try:
+            self.spec = batch_spec(first.func)
+        except Exception:  # not allowed or not importable: the call fails and records why
+            self.spec = None
 
     def run(self) -> None:
         w = self.worker
-        w.stats.saw_batch_size(self.spec.max_size)
-        jobs = [self.first, *self._gather()]
+        jobs = [self.first]
+        if self.spec is not None:
+            w.stats.saw_batch_size(self.spec.max_size)
+            jobs += self._gather(self.spec)
         w.unfinished_job_ids = {j.id for j in jobs}
         executions = self._start(jobs)
         w.stats.job_started(w.slot, len(jobs))
@@ -63,21 +71,20 @@ class BatchRun:
             elapsed = time.perf_counter() - started
             w.stats.job_ended(elapsed, True, w.slot, ok)
             w.stats.job_ended(elapsed, False, w.slot, len(jobs) - ok)
-            w.set_state(WorkerStatus.IDLE)
-        log.debug("batch done node=%s size=%d ok=%d seconds=%.4f", w.node_id, len(jobs), ok, elapsed)
+        log.debug("run done node=%s size=%d ok=%d seconds=%.4f", w.node_id, len(jobs), ok, elapsed)
 
     # -- gathering ------------------------------------------------------------------------
-    def _gather(self) -> list[Job]:
+    def _gather(self, spec: BatchSpec) -> list[Job]:
         """More jobs like the first from the node queue, waiting at most max_wait_ms for them."""
-        want = self.spec.max_size - 1
+        want = spec.max_size - 1
         if want < 1:
             return []
-        deadline = time.monotonic() + self.spec.max_wait_ms / 1000
+        deadline = time.monotonic() + spec.max_wait_ms / 1000
         func, model = self.first.func_name, _model(self.first)
         unlike: set[str] = set()  # jobs seen that belong to another batch: not fetched again
         taken: list[Job] = []
         while True:
-            ids = [i.decode() for i in self.conn.lrange(self.queue.key, 0, SCAN_FACTOR * self.spec.max_size - 1)]
+            ids = [i.decode() for i in self.conn.lrange(self.queue.key, 0, SCAN_FACTOR * spec.max_size - 1)]
             fresh = [i for i in ids if i not in unlike]
             alike = []
             for job in self.worker.job_class.fetch_many(fresh, connection=self.conn, serializer=self.worker.serializer):
@@ -117,15 +124,18 @@ class BatchRun:
 
     # -- the call -------------------------------------------------------------------------
     def _call(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
-        """(ok, result or error text) per job, from one call of the batched function."""
+        """(ok, result or error text) per job, from one call: the job's function with its
+        arguments, or the batched function with the list of inputs."""
         timeout = max(j.timeout or self.queue.DEFAULT_TIMEOUT for j in jobs)
         try:
             with self.worker.death_penalty_class(timeout, JobTimeoutException, job_id=self.first.id):
+                if self.spec is None:
+                    return [(True, self.first.perform())]
                 returned = self.first.func([j.args[0] if j.args else None for j in jobs])
             results = per_job_results(returned, len(jobs))
         except Exception:
             error = "".join(traceback.format_exception(*sys.exc_info()))
-            log.warning("batch failed node=%s func=%s size=%d error=%s", self.worker.node_id, self.first.func_name,
+            log.warning("job failed node=%s func=%s jobs=%d error=%s", self.worker.node_id, self.first.func_name,
                         len(jobs), error.strip().splitlines()[-1])  # fmt: skip
             return [(False, error)] * len(jobs)
         return [
