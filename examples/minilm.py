@@ -63,7 +63,8 @@ def _text(item: Any) -> str:
 
 
 def _embed_texts(texts: list[str]) -> list[dict[str, Any]]:
-    vectors = _loaded_model().encode(texts, normalize_embeddings=True)
-    node = context.current().node_id
-    return [{"model": MODEL_NAME, "node": node, "dim": len(v), "embedding": [round(float(x), 6) for x in v]}
-            for v in vectors]  # fmt: skip
+    model = _loaded_model()
+    vectors = model.encode(texts, normalize_embeddings=True, batch_size=max(32, len(texts)), show_progress_bar=False)
+    node, device = context.current().node_id, str(model.device)
+    return [{"model": MODEL_NAME, "node": node, "device": device, "dim": len(v),
+             "embedding": [round(float(x), 6) for x in v]} for v in vectors]  # fmt: skip
