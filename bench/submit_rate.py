@@ -5,9 +5,11 @@ file of N `{"input": {"i": k}}` lines (func worker.tasks:echo), against a privat
 redis-server (never the one on 6379). As the reference, the same run times plain rq: read
 the same file, `Queue.prepare_data` per line, one `Queue.enqueue_many` (JSON serializer).
 The DB is flushed before every timed submit; gpufleet and rq alternate, so drift hits both.
-Also counts Redis commands per job (INFO commandstats before/after one submit of each).
+Also counts Redis commands per job (INFO commandstats before/after one submit of each), and
+measures peak RSS: one fresh process per kind and file size does one submit and reports its
+`ru_maxrss` before (imports, connection) and after.
 
-    python bench/submit_rate.py [--jobs 20000] [--runs 5] [--json] [--profile]
+    python bench/submit_rate.py [--jobs 20000] [--runs 5] [--rss-sizes 20000,100000] [--json] [--profile]
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import argparse
 import cProfile
 import json
 import pstats
+import re
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +45,9 @@ FUNC = "worker.tasks:echo"
 
 
 def write_job_file(path: Path, n: int) -> None:
-    path.write_text("".join(json.dumps({"input": {"i": i}}) + "\n" for i in range(n)))
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"input": {"i": i}}) + "\n")
 
 
 def gpufleet_submit(r: Redis, settings: Settings, path: Path) -> int:
@@ -81,15 +88,52 @@ def summary(rates: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(rates)), "min": round(min(rates)), "max": round(max(rates))}
 
 
-def measure(jobs: int, runs: int, profile: bool) -> tuple[dict[str, Any], pstats.Stats | None]:
+def submitters(r: Redis, url: str, path: Path) -> dict[str, Callable[[], int]]:
+    return {"gpufleet": partial(gpufleet_submit, r, Settings(redis_url=url), path), "rq": partial(rq_submit, r, path)}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. /proc's VmHWM where there is one: Linux carries getrusage's
+    ru_maxrss over exec, so a child of this (large) benchmark process would report our peak."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def peak_rss_child(kind: str, url: str, path: str) -> None:
+    """In a fresh process: one submit of `kind`; prints peak RSS (MiB) before and after it."""
+    r = connect(url)
+    r.flushdb()
+    before = peak_rss_mib()
+    n = submitters(r, url, Path(path))[kind]()
+    print(json.dumps({"jobs": n, "before_mib": round(before, 1), "peak_mib": round(peak_rss_mib(), 1)}))
+
+
+def peak_rss(url: str, tmp: Path, sizes: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+    """Peak RSS of one submit per kind and file size, each in its own process."""
+    result: dict[str, dict[int, dict[str, float]]] = {"gpufleet": {}, "rq": {}}
+    for n in sizes:
+        path = tmp / f"rss-{n}.jsonl"
+        write_job_file(path, n)
+        for kind, by_size in result.items():
+            out = subprocess.run([sys.executable, __file__, "--rss-child", kind, url, str(path)],
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            child = json.loads(out)
+            assert child["jobs"] == n, child
+            growth = round(child["peak_mib"] - child["before_mib"], 1)
+            by_size[n] = {"before_mib": child["before_mib"], "peak_mib": child["peak_mib"], "growth_mib": growth}
+        path.unlink()
+    return result
+
+
+def measure(jobs: int, runs: int, profile: bool, rss_sizes: list[int]) -> tuple[dict[str, Any], pstats.Stats | None]:
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as server:
         path = Path(tmp) / "jobs.jsonl"
         write_job_file(path, jobs)
         r = connect(server.url)
-        kinds: dict[str, Callable[[], int]] = {
-            "gpufleet": partial(gpufleet_submit, r, Settings(redis_url=server.url), path),
-            "rq": partial(rq_submit, r, path),
-        }
+        kinds = submitters(r, server.url, path)
         rates: dict[str, list[float]] = {name: [] for name in kinds}
         for submit in kinds.values():
             timed_rate(r, submit)  # warm-up: imports, lru caches, connection
@@ -104,6 +148,9 @@ def measure(jobs: int, runs: int, profile: bool) -> tuple[dict[str, Any], pstats
         }  # fmt: skip
         ratio = statistics.median(rates["gpufleet"]) / statistics.median(rates["rq"])
         result["ratio_gpufleet_over_rq"] = round(ratio, 3)
+        result["rates"] = {name: [round(x) for x in v] for name, v in rates.items()}
+        if rss_sizes:
+            result["peak_rss"] = peak_rss(server.url, Path(tmp), rss_sizes)
         stats = None
         if profile:
             r.flushdb()
@@ -119,9 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=20000, help="Lines in the job file.")
     ap.add_argument("--runs", type=int, default=5, help="Timed submits of each kind.")
     ap.add_argument("--json", action="store_true", help="Print one JSON object instead of text.")
-    ap.add_argument("--profile", action="store_true", help="Also cProfile one gpufleet submit (top 10 to stderr).")
+    ap.add_argument("--profile", action="store_true",
+                    help="Also cProfile one gpufleet submit (top 15 by own time, to stderr).")  # fmt: skip
+    ap.add_argument("--rss-sizes", default="20000,100000",
+                    help="File sizes (lines, comma-separated) to measure peak RSS at; '' to skip.")  # fmt: skip
+    ap.add_argument("--rss-child", nargs=3, metavar=("KIND", "URL", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    result, stats = measure(args.jobs, args.runs, args.profile)
+    if args.rss_child:
+        peak_rss_child(*args.rss_child)
+        return 0
+    rss_sizes = [int(n) for n in args.rss_sizes.split(",") if n.strip()]
+    result, stats = measure(args.jobs, args.runs, args.profile, rss_sizes)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -132,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:9} median {s['median']:6.0f} jobs/s (min {s['min']:.0f} - max {s['max']:.0f}); "
                   f"{cmds['total']:.2f} Redis commands/job: {top}")  # fmt: skip
         print(f"ratio gpufleet/rq (medians): {result['ratio_gpufleet_over_rq']:.2f}")
+        for name, by_size in result.get("peak_rss", {}).items():
+            sizes = "; ".join(f"{n} lines {v['peak_mib']:.1f} MiB (+{v['growth_mib']:.1f} during the submit)"
+                              for n, v in by_size.items())  # fmt: skip
+            print(f"{name:9} peak RSS: {sizes}")
     if stats:
-        stats.sort_stats("cumulative").print_stats(10)
+        stats.sort_stats("tottime").print_stats(15)
     return 0
 
 

@@ -10,7 +10,6 @@ import secrets
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ from pathlib import Path
 from typing import IO
 
 from redis import Redis
-from rq.job import JobStatus
-from rq.utils import now
+from rq.utils import now, utcformat
 
 from .errors import GpufleetError, JobFileError
-from .job import SERIALIZER, BatchCounter, job_class, wake_dispatcher
-from .jobfile import check_func, func_path, read_jobs
-from .keys import RQ_QUEUES, JobField, Keys
+from .job import BatchCounter, QueuedJobHash, wake_dispatcher
+from .jobfile import check_func, count_jobs, read_jobs
+from .keys import RQ_QUEUES, Keys
 from .models import JobSpec
 from .settings import Settings
 
@@ -40,6 +38,12 @@ class SubmitReceipt:
     count: int
 
 
+def new_job_ids(n: int) -> list[str]:
+    """n random job ids in rq's format (32 hex digits, as uuid4().hex), from one urandom call."""
+    blob = secrets.token_hex(16 * n)
+    return [blob[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
 def new_batch_id() -> str:
     """A sortable, unique batch id: b-YYYYmmdd-HHMMSS-xxxxxx (UTC)."""
     return time.strftime("b-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
@@ -52,7 +56,6 @@ class Submitter:
         self._r = r
         self._settings = settings
         self._keys = Keys(settings.namespace)
-        self._job_class = job_class(self._keys)
 
     def start_batch(self, batch_id: str | None, size: int, func: str | None) -> str:
         """Claim a batch id (a new one when None); a name already in use is refused."""
@@ -65,54 +68,33 @@ class Submitter:
         return batch_id
 
     def enqueue(self, specs: Iterable[JobSpec], batch_id: str, progress: Progress | None = None) -> int:
-        """Enqueue every spec (already validated) in chunks of one pipelined round trip each."""
+        """Enqueue every spec (already validated) in chunks of one pipelined round trip each:
+        per chunk, one HSET per job, then one RPUSH of the chunk's ids per ingress it uses and
+        one onto the batch's list (ids only ever point at a job HASH that already exists)."""
+        hashes = QueuedJobHash(self._keys, batch_id, self._settings.result_ttl_s)
+        batch_jobs = self._keys.batch_jobs(batch_id)
         total = 0
         it = iter(specs)
         while chunk := list(islice(it, self._settings.submit_chunk)):
+            ids = new_job_ids(len(chunk))
+            stamp = utcformat(now())  # created_at = enqueued_at: the chunk goes in one round trip
+            queued: dict[str, list[str]] = {}
             with self._r.pipeline(transaction=False) as p:
-                for spec in chunk:
-                    self._stage(p, spec, batch_id)
-                for priority in {spec.priority for spec in chunk}:
-                    p.sadd(RQ_QUEUES, Keys.rq_queue(self._keys.ingress_queue(priority)))
+                for job_id, spec in zip(ids, chunk):
+                    key, fields = hashes.build(job_id, spec, stamp)
+                    p.hset(key, items=fields)
+                    queued.setdefault(spec.priority, []).append(job_id)
+                for priority, job_ids in queued.items():
+                    queue = Keys.rq_queue(self._keys.ingress_queue(priority))
+                    p.rpush(queue, *job_ids)
+                    p.sadd(RQ_QUEUES, queue)
+                p.rpush(batch_jobs, *ids)
                 wake_dispatcher(p, self._keys)
                 p.execute()
             total += len(chunk)
             if progress:
                 progress(len(chunk))
         return total
-
-    def _stage(self, p: object, spec: JobSpec, batch_id: str) -> None:
-        ingress = self._keys.ingress_queue(spec.priority)
-        job = self._job_class.create(
-            func_path(spec.func),
-            args=[spec.input],
-            connection=self._r,
-            id=uuid.uuid4().hex,
-            origin=ingress,
-            timeout=spec.timeout_s or 180,
-            result_ttl=self._settings.result_ttl_s,
-            failure_ttl=self._settings.result_ttl_s,
-            description=spec.func,
-            status=JobStatus.QUEUED,
-            serializer=SERIALIZER,
-        )
-        job.enqueued_at = now()
-        mapping = job.to_dict()
-        mapping.update(
-            {
-                JobField.BATCH: batch_id,
-                JobField.CLIENT_ID: spec.client_id or "",
-                JobField.PRIORITY: spec.priority,
-                JobField.MODEL: spec.model or "",
-                JobField.AFFINITY: spec.affinity or "",
-                JobField.GPU_MEM: spec.gpu_mem_gib,
-                JobField.ATTEMPTS: 0,
-                JobField.RETRIES: spec.retries,
-            }
-        )
-        p.hset(job.key, mapping=mapping)  # type: ignore[attr-defined]
-        p.rpush(Keys.rq_queue(ingress), job.id)  # type: ignore[attr-defined]
-        p.rpush(self._keys.batch_jobs(batch_id), job.id)  # type: ignore[attr-defined]
 
     def submit(self, specs: Sequence[JobSpec], batch_id: str | None = None) -> SubmitReceipt:
         """Python API: validate every spec's function, then enqueue them all as one batch."""
@@ -155,14 +137,13 @@ def submit_file(
     `progress_factory(total)` returns the callback that reports enqueue progress."""
     with open_job_source(path) as (stream, source):
 
-        def jobs() -> Iterator[JobSpec]:
-            stream.seek(0)
-            return read_jobs(stream, source=source, default_func=default_func, default_priority=default_priority)
-
-        total = sum(1 for _ in jobs())
+        stream.seek(0)
+        total = count_jobs(stream, source=source, default_func=default_func, default_priority=default_priority)
         if total == 0:
             raise JobFileError(source, 0, None, "no jobs in the file")
         submitter = Submitter(r, settings)
         batch_id = submitter.start_batch(batch_id, total, default_func)
         progress = progress_factory(total) if progress_factory else None
-        return SubmitReceipt(batch_id, submitter.enqueue(jobs(), batch_id, progress))
+        stream.seek(0)
+        jobs = read_jobs(stream, source=source, default_func=default_func, default_priority=default_priority)
+        return SubmitReceipt(batch_id, submitter.enqueue(jobs, batch_id, progress))

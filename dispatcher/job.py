@@ -2,19 +2,23 @@
 
 The extra fields (keys.JobField) ride in rq's job HASH. The bookkeeping hooks below add their
 writes to the pipelines rq already runs, so counting attempts and batch progress costs no
-extra round trip.
+extra round trip. `QueuedJobHash` writes a queued job's HASH without building an rq Job.
 """
 
 from __future__ import annotations
 
+import json
+import zlib
 from functools import lru_cache
 from typing import Any
 
 from redis.client import Pipeline
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from .jobfile import func_path
 from .keys import JobField, Keys
+from .models import JobSpec
 
 SERIALIZER = JSONSerializer  # JSON on the wire, both sides; never pickle
 
@@ -92,3 +96,69 @@ def job_class(keys: Keys, allowed_modules: tuple[str, ...] | None = None) -> typ
     """The FleetJob class for one namespace (its batch counters live there) and, on a worker,
     the modules it may run functions from."""
     return type("FleetJob", (FleetJob,), {"keys": keys, "allowed_modules": allowed_modules})
+
+
+class QueuedJobHash:
+    """The HASH of each of a batch's queued jobs: the fields rq's `Job.create(...).to_dict()`
+    writes for a queued job, in rq's formats, with the same `data` bytes, plus gpufleet's.
+
+    What does not change from job to job (origin, description, TTLs, status, batch, priority)
+    is formatted once per (func, priority); per job only `data`, the timeout and the job's own
+    gpufleet fields are. Left out: rq's fields that are empty for a queued job (callbacks,
+    started_at, ended_at, last_heartbeat, worker_name, group_id: `Job.restore` reads each with
+    `.get`), and gpufleet fields at their default (gf_id, gf_model, gf_affinity when none,
+    gf_gpu_mem 0, gf_retries 0, gf_attempts 0: every reader treats a missing gf_ field as its
+    default, and HINCRBY counts from 0).
+    """
+
+    def __init__(self, keys: Keys, batch_id: str, result_ttl_s: int, default_timeout_s: int = 180) -> None:
+        self._keys = keys
+        self._batch_id = batch_id
+        self._ttl = str(result_ttl_s)
+        self._default_timeout = str(default_timeout_s)
+        self._fixed: dict[tuple[str, str], tuple[str, ...]] = {}  # a few funcs x 3 priorities
+        self._frames: dict[str, tuple[str, str]] = {}
+
+    def build(self, job_id: str, spec: JobSpec, stamp: str) -> tuple[str, tuple[Any, ...]]:
+        """One job's key and its HASH as (field, value, field, value, ...); `stamp`
+        (rq.utils.utcformat) is its created_at and enqueued_at."""
+        fixed = self._fixed.get((spec.func, spec.priority)) or self._fixed_fields(spec.func, spec.priority)
+        head, tail = self._frames.get(spec.func) or self._frame(spec.func)
+        timeout = str(spec.timeout_s) if spec.timeout_s else self._default_timeout
+        own: tuple[str, ...] = ()
+        if spec.client_id is not None:
+            own += (JobField.CLIENT_ID, spec.client_id)
+        if spec.model:
+            own += (JobField.MODEL, spec.model)
+        if spec.affinity:
+            own += (JobField.AFFINITY, spec.affinity)
+        if spec.gpu_mem_gib:
+            own += (JobField.GPU_MEM, repr(float(spec.gpu_mem_gib)))
+        if spec.retries:
+            own += (JobField.RETRIES, str(spec.retries))
+        data = zlib.compress((head + json.dumps(spec.input) + tail).encode())  # what rq's to_dict stores
+        per_job = ("data", data, "created_at", stamp, "enqueued_at", stamp, "timeout", timeout)
+        return Keys.rq_job(job_id), per_job + fixed + own
+
+    def _fixed_fields(self, func: str, priority: str) -> tuple[str, ...]:
+        fixed = (
+            "origin", self._keys.ingress_queue(priority),
+            "description", func,
+            "result_ttl", self._ttl,
+            "failure_ttl", self._ttl,
+            "status", JobStatus.QUEUED.value,
+            JobField.BATCH, self._batch_id,
+            JobField.PRIORITY, priority,
+        )  # fmt: skip
+        self._fixed[(func, priority)] = fixed
+        return fixed
+
+    def _frame(self, func: str) -> tuple[str, str]:
+        """The text around the argument in rq's `data` for a call with one positional argument:
+        SERIALIZER.dumps((func_name, instance, args, kwargs)), i.e. json.dumps(...).encode()."""
+        head, tail = json.dumps((func_path(func), None, [_HOLE], {})).split(json.dumps(_HOLE))
+        self._frames[func] = (head, tail)
+        return head, tail
+
+
+_HOLE = "\x00gpufleet input\x00"  # never in a function name (jobfile._FUNC_RE)

@@ -21,18 +21,15 @@ from .models import JobSpec
 
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one job's input; larger payloads belong in object storage
 FIELDS = ("input", "func", "id", "model", "affinity", "priority", "timeout", "retries", "gpu_mem")
+_KNOWN = frozenset(FIELDS)
 _FUNC_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
 
+@lru_cache(maxsize=256)
 def check_func(func: str) -> str | None:
     """Why `func` ("module:function") cannot be run, or None if it resolves to a callable here."""
     if not _FUNC_RE.match(func):
         return f"{func!r} is not of the form 'module:function' (e.g. 'worker.tasks:echo')"
-    return _resolve_error(func)
-
-
-@lru_cache(maxsize=256)
-def _resolve_error(func: str) -> str | None:
     module_name, attr = func.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -50,51 +47,75 @@ def func_path(func: str) -> str:
 
 def parse_line(text: str, *, source: str, line_no: int, default_func: str | None, default_priority: str) -> JobSpec:
     """One validated JobSpec from one JSON line."""
+    return JobSpec(*_parse(text, source, line_no, default_func, default_priority))
 
-    def fail(field: str | None, message: str) -> JobFileError:
-        return JobFileError(source, line_no, field, message)
 
+def _parse(text: str, source: str, line_no: int, default_func: str | None, default_priority: str) -> tuple[Any, ...]:
+    """parse_line's work: JobSpec's fields, in its order, without building one."""
     try:
         obj = json.loads(text)
     except ValueError as e:
-        raise fail(None, f"not valid JSON ({e})") from None
+        raise JobFileError(source, line_no, None, f"not valid JSON ({e})") from None
     if not isinstance(obj, dict):
-        raise fail(None, f"expected a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(FIELDS))
+        raise JobFileError(source, line_no, None, f"expected a JSON object, got {type(obj).__name__}")
+    if "input" not in obj or len(obj) > 1:  # a line with only "input" needs no more checks
+        _check_fields(obj, source, line_no)
+    try:
+        return (
+            _func(obj.get("func", default_func)),
+            obj["input"],
+            _client_id(obj.get("id")),
+            _optional_str(obj.get("model"), "model"),
+            _optional_str(obj.get("affinity"), "affinity"),
+            _priority(obj.get("priority", default_priority)),
+            _number(obj.get("timeout"), "timeout", integer=True, minimum=1),
+            _number(obj.get("retries"), "retries", integer=True, minimum=0) or 0,
+            float(_number(obj.get("gpu_mem"), "gpu_mem", integer=False, minimum=0) or 0.0),
+        )  # JobSpec's order: func, input, client_id, model, affinity, priority, timeout_s, retries, gpu_mem_gib
+    except _FieldError as e:
+        raise JobFileError(source, line_no, e.field, e.message) from None
+
+
+class _FieldError(Exception):
+    """A field's value is refused; parse_line adds the file and line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+        self.field, self.message = field, message
+
+
+def _check_fields(obj: dict[str, Any], source: str, line_no: int) -> None:
+    unknown = sorted(obj.keys() - _KNOWN)
     if unknown:
-        raise fail(unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
+        raise JobFileError(source, line_no, unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
     if "input" not in obj:
-        raise fail("input", "missing (every job needs an input, even null)")
+        raise JobFileError(source, line_no, "input", "missing (every job needs an input, even null)")
 
-    func = obj.get("func", default_func)
+
+def _func(func: Any) -> str:
     if func is None:
-        raise fail("func", "missing, and no --func default was given")
+        raise _FieldError("func", "missing, and no --func default was given")
     if not isinstance(func, str):
-        raise fail("func", "must be a string 'module:function'")
+        raise _FieldError("func", "must be a string 'module:function'")
     if (why := check_func(func)) is not None:
-        raise fail("func", why)
+        raise _FieldError("func", why)
+    return func
 
-    client_id = obj.get("id")
-    if client_id is not None and (isinstance(client_id, bool) or not isinstance(client_id, (str, int))):
-        raise fail("id", "must be a string or an integer")
+
+def _client_id(client_id: Any) -> str | None:
+    if client_id is None:
+        return None
+    if isinstance(client_id, bool) or not isinstance(client_id, (str, int)):
+        raise _FieldError("id", "must be a string or an integer")
     if client_id == "":
-        raise fail("id", "must not be empty")
+        raise _FieldError("id", "must not be empty")
+    return str(client_id)
 
-    priority = obj.get("priority", default_priority)
+
+def _priority(priority: Any) -> str:
     if priority not in PRIORITIES:
-        raise fail("priority", f"{priority!r} is not one of {', '.join(PRIORITIES)}")
-
-    return JobSpec(
-        func=func,
-        input=obj["input"],
-        client_id=None if client_id is None else str(client_id),
-        model=_optional_str(obj, "model", fail),
-        affinity=_optional_str(obj, "affinity", fail),
-        priority=priority,
-        timeout_s=_number(obj, "timeout", fail, integer=True, minimum=1),
-        retries=_number(obj, "retries", fail, integer=True, minimum=0) or 0,
-        gpu_mem_gib=float(_number(obj, "gpu_mem", fail, integer=False, minimum=0) or 0.0),
-    )
+        raise _FieldError("priority", f"{priority!r} is not one of {', '.join(PRIORITIES)}")
+    return priority  # type: ignore[no-any-return]
 
 
 def read_jobs(
@@ -102,12 +123,21 @@ def read_jobs(
 ) -> Iterator[JobSpec]:
     """Every job of a JSON Lines byte stream, validated; blank lines are skipped. Client ids
     must be unique in the file (the set of ids seen is the only state kept)."""
+    for fields in _read(stream, source, default_func, default_priority):
+        yield JobSpec(*fields)
+
+
+def count_jobs(
+    stream: IO[bytes], *, source: str, default_func: str | None = None, default_priority: str = "normal"
+) -> int:
+    """How many jobs read_jobs would yield; raises the error it would raise. Builds no JobSpec."""
+    return sum(1 for _ in _read(stream, source, default_func, default_priority))
+
+
+def _read(stream: IO[bytes], source: str, default_func: str | None, default_priority: str) -> Iterator[tuple[Any, ...]]:
     seen_ids: dict[str, int] = {}
     line_no = 0
-    while True:
-        raw = stream.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
         line_no += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             raise JobFileError(source, line_no, None, f"line longer than {MAX_LINE_BYTES // 2**20} MiB")
@@ -115,34 +145,28 @@ def read_jobs(
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise JobFileError(source, line_no, None, f"not valid UTF-8 (byte {e.start})") from None
-        if not text.strip():
+        if text.isspace():
             continue
-        spec = parse_line(
-            text, source=source, line_no=line_no, default_func=default_func, default_priority=default_priority
-        )
-        if spec.client_id is not None:
-            if spec.client_id in seen_ids:
-                raise JobFileError(
-                    source, line_no, "id", f"{spec.client_id!r} already used on line {seen_ids[spec.client_id]}"
-                )
-            seen_ids[spec.client_id] = line_no
-        yield spec
+        fields = _parse(text, source, line_no, default_func, default_priority)
+        if (client_id := fields[2]) is not None:
+            if client_id in seen_ids:
+                raise JobFileError(source, line_no, "id", f"{client_id!r} already used on line {seen_ids[client_id]}")
+            seen_ids[client_id] = line_no
+        yield fields
 
 
-def _optional_str(obj: dict[str, Any], name: str, fail: Any) -> str | None:
-    value = obj.get(name)
+def _optional_str(value: Any, name: str) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
-        raise fail(name, "must be a non-empty string")
+        raise _FieldError(name, "must be a non-empty string")
     return value
 
 
-def _number(obj: dict[str, Any], name: str, fail: Any, *, integer: bool, minimum: float) -> Any:
-    value = obj.get(name)
+def _number(value: Any, name: str, *, integer: bool, minimum: float) -> Any:
     if value is None:
         return None
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        raise fail(name, f"must be {'an integer' if integer else 'a number'}")
+        raise _FieldError(name, f"must be {'an integer' if integer else 'a number'}")
     if value < minimum:
-        raise fail(name, f"must be >= {minimum:g}")
+        raise _FieldError(name, f"must be >= {minimum:g}")
     return value

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import redis
 from dispatcher.client import submit_file
 from dispatcher.errors import GpufleetError, JobFileError
 from dispatcher.keys import Keys
+from dispatcher.redis_server import RedisServer
 from dispatcher.results import iter_results, read_progress
 from dispatcher.settings import Settings
 
@@ -57,3 +60,36 @@ def test_an_empty_file_is_refused(r: redis.Redis, tmp_path: Path) -> None:
 def test_results_of_an_unknown_batch_is_a_clear_error(r: redis.Redis) -> None:
     with pytest.raises(GpufleetError, match="no batch 'nope'"):
         list(iter_results(r, KEYS, "nope"))
+
+
+# Peak RSS from /proc (VmHWM, KiB), not getrusage's ru_maxrss: Linux carries ru_maxrss over
+# exec, so a child started by this (large) pytest process would report the parent's peak.
+PEAK_RSS_OF_ONE_SUBMIT = """
+import re, sys
+import redis
+from dispatcher.client import submit_file
+from dispatcher.settings import Settings
+def peak():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+r = redis.Redis.from_url(sys.argv[1])
+r.flushdb()
+before = peak()
+count = submit_file(r, Settings(), sys.argv[2], default_func="worker.tasks:echo").count
+print(count, before, peak())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak RSS from /proc (Linux)")
+def test_memory_stays_flat_as_the_file_grows(r: redis.Redis, redis_server: RedisServer, tmp_path: Path) -> None:
+    """Peak RSS of a whole submit in a fresh process: 40,000 lines of ~300 bytes (12 MiB on disk,
+    several times that as Python objects) cost no more than 4,000 lines."""
+    peaks = {}
+    for n in (4_000, 40_000):
+        path = write_jobs(tmp_path / f"{n}.jsonl", [{"input": {"i": i, "pad": "x" * 280}} for i in range(n)])
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_ONE_SUBMIT, redis_server.url, path],
+                             check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+        count, before, after = map(int, out)
+        assert count == n
+        peaks[n] = (before, after)
+    growth_kib = peaks[40_000][1] - peaks[4_000][1]
+    assert growth_kib < 4 * 1024, peaks

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from dispatcher.errors import JobFileError
-from dispatcher.jobfile import MAX_LINE_BYTES, check_func, read_jobs
+from dispatcher.jobfile import MAX_LINE_BYTES, check_func, count_jobs, read_jobs
 
 
 def parse(text: str | bytes, **kw: object) -> list:
@@ -61,6 +61,16 @@ def test_a_bad_line_is_refused_naming_line_and_field(text: str, line_no: int, fi
     assert (err.line_no, err.field) == (line_no, field)
     assert words in str(err)
     assert str(err).startswith(f"jobs.jsonl:{line_no}") and "nothing was enqueued" in str(err)
+    with pytest.raises(JobFileError) as counted:  # the validation pass refuses it the same way
+        count_jobs(io.BytesIO(text.encode()), source="jobs.jsonl", default_func="worker.tasks:echo")
+    assert str(counted.value) == str(err)
+
+
+def test_count_jobs_counts_what_read_jobs_yields() -> None:
+    text = ('{"input": 1}\n\n{"input": 2, "id": "a", "priority": "low"}\n  \n'
+            '{"input": null, "func": "worker.tasks:echo"}\n')  # fmt: skip
+    assert count_jobs(io.BytesIO(text.encode()), source="j", default_func="worker.tasks:echo") == 3
+    assert len(parse(text, default_func="worker.tasks:echo")) == 3
 
 
 def test_without_func_anywhere_the_line_is_refused() -> None:
