@@ -97,7 +97,8 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         view = self._stats.view()
-        fields = heartbeat_fields(self._info, view, self._probe.read(), models=tuple(sorted(context.current().models)))
+        models = tuple(sorted(context.current().models | self._stats.models()))
+        fields = heartbeat_fields(self._info, view, self._probe.read(), models=models)
         send_heartbeat(self._r, self._keys, self._info.node_id, fields, self._ttl_s)
 
     def run(self) -> None:

@@ -34,6 +34,7 @@ from dispatcher.retry import may_retry, retry_delay_s
 from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings
 
+from . import context
 from .job_run import JobRun
 from .stats import NodeStats
 
@@ -67,9 +68,16 @@ class NodeWorker(SimpleWorker):
         self.unfinished_job_ids: set[str] = set()  # jobs started whose outcome is not yet recorded
         self.stop_requested = False  # rq raises StopRequested when idle without keeping a flag
         self._rq_heartbeat_at = self._suspension_checked_at = float("-inf")
+        self._models_reported = 0
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        JobRun(self, queue, job).run()
+        try:
+            JobRun(self, queue, job).run()
+        finally:
+            warm = context.current().models  # a task may have loaded a model in this slot's process
+            if len(warm) != self._models_reported:
+                self.stats.add_models(warm)
+                self._models_reported = len(warm)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """rq's worker heartbeat, which its loop sends around every job: at most once a second

@@ -4,13 +4,17 @@ processes that report as one node."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+log = logging.getLogger(__name__)
+
 EWMA_ALPHA = 0.2  # weight of the newest job in the service-time average
+MODELS_BYTES = 4096  # room for the comma-joined names of the models the node's slots keep warm
 _MP = multiprocessing.get_context("spawn")
 _RUNNING, _COMPLETED, _FAILED, _SERVICE_S, _BUSY_S, _WINDOW_START, _BATCH_MAX = range(7)
 
@@ -58,6 +62,7 @@ class NodeStats:
             self._started[i] = -1.0
         self.last_busy_fraction = 0.0  # busy fraction of the most recent view (this process)
         self._hist = _MP.Array("d", len(self.buckets) + 2, lock=False)  # bucket counts, +Inf, sum
+        self._models = _MP.Array("c", MODELS_BYTES, lock=False)  # comma-joined model names
 
     def job_started(self, slot: int = 0, count: int = 1) -> None:
         """`count` jobs started together in `slot` (more than one: a batch)."""
@@ -98,6 +103,23 @@ class NodeStats:
         """A batched task that takes up to `max_size` jobs at once runs here."""
         with self._lock:
             self._v[_BATCH_MAX] = max(self._v[_BATCH_MAX], max_size)
+
+    def add_models(self, names: Iterable[str]) -> None:
+        """Models a slot has loaded and keeps warm; the heartbeat reports those of every slot."""
+        with self._lock:
+            known = self._read_models()
+            merged = ",".join(sorted(known | set(names)))
+            if len(merged.encode()) >= MODELS_BYTES:
+                log.warning("too many model names to report, keeping the first ones known=%d", len(known))
+                return
+            self._models.value = merged.encode()
+
+    def models(self) -> frozenset[str]:
+        with self._lock:
+            return self._read_models()
+
+    def _read_models(self) -> frozenset[str]:
+        return frozenset(m for m in self._models.value.decode().split(",") if m)
 
     def totals(self) -> Totals:
         """Completed, failed and the duration histogram, read together; unlike view(), no side effect."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from worker.batching import BatchResultError, BatchSpec, batch_spec, batched, per_job_results
-from worker.stats import NodeStats
 from worker.tasks import echo, synthetic_batched
 
 
@@ -37,18 +36,3 @@ def test_results_must_be_one_per_input() -> None:
 def test_a_batched_synthetic_call_fails_only_the_inputs_that_ask_to() -> None:
     out = synthetic_batched([{"cost": 0, "i": 0}, {"cost": 0, "fail": True}])
     assert out[0]["input"] == {"cost": 0, "i": 0} and isinstance(out[1], RuntimeError)
-
-
-def test_a_batch_counts_as_many_jobs_each_taking_the_batch_time() -> None:
-    t = [0.0]
-    stats = NodeStats(initial_service_time_s=0.5, clock=lambda: t[0])
-    stats.saw_batch_size(32)
-    stats.job_started(0, count=10)
-    assert stats.view().running == 10
-    t[0] = 2.0
-    stats.job_ended(2.0, True, 0, count=9)
-    stats.job_ended(2.0, False, 0, count=1)
-    view = stats.view()
-    assert (view.running, view.completed, view.failed, view.batch_max) == (0, 9, 1, 32)
-    assert view.service_time_s > 0.5  # moved towards the batch's 2 s
-    assert stats.totals().duration_sum_s == pytest.approx(20.0)
