@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from dispatcher.errors import SettingsError
 from worker.gpu import GpuDevice
 from worker.gpu_nodes import cuda_visible_devices, gpu_node_id, group_gpus, select_gpus
@@ -57,3 +59,17 @@ def test_node_ids_and_pinning_name_the_gpus() -> None:
     assert gpu_node_id("h", [gpu("2:1")]) == "h-gpu2-mig1"
     assert cuda_visible_devices([gpu("0"), gpu("1")]) == "0,1"
     assert cuda_visible_devices([gpu("2:1")]) == "MIG-2:1"  # a MIG instance is pinned by its UUID
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--gpus", "all"], 1, "NVML found no GPU on this host"),
+    (["--gpus", "0,1,2", "--gpus-per-node", "2"], 1, "3 GPUs do not split into nodes of 2"),
+    (["--gpus-per-node", "2"], 2, "--gpus-per-node needs --gpus"),
+])  # fmt: skip
+def test_the_worker_command_refuses_a_bad_gpu_layout_before_starting_anything(
+    args: list[str], code: int, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.run.discover_gpus", lambda: ())  # a host without NVML
+    result = CliRunner().invoke(cli, ["--redis-url", "redis://127.0.0.1:1/0", "worker", *args])
+    assert (result.exit_code, message in result.output) == (code, True), result.output
+    assert "Traceback" not in result.output
