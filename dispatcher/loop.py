@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 from redis import Redis
-from rq.utils import as_text
 
 from .autoscale import Autoscaler
 from .health import Health
@@ -27,7 +26,7 @@ from .policies import Policy
 from .router import Router
 from .scripts import Scripts
 from .settings import Settings
-from .snapshot import read_nodes
+from .snapshot import NodeReader
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,7 @@ class Dispatcher:
         self._clock = clock
         self.health = Health(r, self._keys, self._scripts, settings)
         self.lease = Lease(r, self._keys, self._scripts, settings.lease_ttl_s, clock=clock)
+        self._reader = NodeReader(r, self._keys)  # keeps parsed heartbeats between refreshes
         self._nodes: list[NodeState] = []
         self._snapshot_at = float("-inf")
         self._waiting_for_nodes = False
@@ -67,9 +67,9 @@ class Dispatcher:
         self.autoscaler = autoscaler  # desired node count, stepped after a refresh (at most once a second)
 
     def refresh(self) -> list[NodeState]:
-        """Re-read every node (one round trip), then let dead and draining nodes give their
+        """Re-read every node (two round trips), then let dead and draining nodes give their
         jobs back and due retries return to the ingress."""
-        self._nodes = read_nodes(self._r, self._keys)
+        self._nodes = self._reader.read()
         self._snapshot_at = self._clock()
         self.health.check(self._nodes)
         if self.autoscaler and (desired := self.autoscaler.step(self._nodes)) is not None:
@@ -79,27 +79,38 @@ class Dispatcher:
         return self._nodes
 
     def dispatch_once(self) -> Round:
-        """One routing round over every priority, high first."""
+        """One routing round over every priority, high first: the heads of the three ingresses
+        in one round trip, then one move script call per priority that has jobs."""
         fresh = self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s
         if fresh:
             self.refresh()
         moved = waiting = 0
         started, moved_to = time.perf_counter(), list[str]()  # for the metrics, when on
         self._rounds += 1
-        for priority in priority_order(self._rounds, self._settings.low_share):
-            ingress = self._keys.ingress_queue(priority)
-            slots = self._free_slots()
+        order = priority_order(self._rounds, self._settings.low_share)
+        room = self.router.free_room(self._nodes)  # None: a node is unbounded
+        batch = self._settings.dispatch_batch
+        if room == 0:  # no room anywhere: read no job
+            return self._finish(fresh, started, moved_to, 0, sum(self._depths(order)))
+        for priority, jobs in zip(order, self._read_heads(order, batch if room is None else min(room, batch))):
+            slots = batch if room is None else min(room, batch)
+            if not jobs:
+                continue
             if not slots:
-                waiting += self._r.llen(Keys.rq_queue(ingress))  # no room anywhere: read no job
+                waiting += len(jobs)
                 continue
-            job_ids = [as_text(j) for j in self._r.lrange(Keys.rq_queue(ingress), 0, slots - 1)]
-            if not job_ids:
-                continue
-            moves, self._nodes = self.router.route(self._read_routing(job_ids), self._nodes)
-            flags = self._scripts.move_to_nodes(ingress, moves)
+            jobs = jobs[:slots]
+            moves, self._nodes = self.router.route(jobs, self._nodes)
+            flags = self._scripts.move_to_nodes(self._keys.ingress_queue(priority), moves)
             moved += sum(flags)
-            moved_to += [node_id for (_, node_id), ok in zip(moves, flags) if ok]
-            waiting += len(job_ids) - len(moves)
+            if self.metrics:
+                moved_to += [node_id for (_, node_id), ok in zip(moves, flags) if ok]
+            waiting += len(jobs) - len(moves)
+            if room is not None:
+                room -= len(moves)  # each placement took one free slot of a bounded node
+        return self._finish(fresh, started, moved_to, moved, waiting)
+
+    def _finish(self, fresh: bool, started: float, moved_to: list[str], moved: int, waiting: int) -> Round:
         self.moved_total += moved
         if self.metrics and moved:
             self.metrics.observe_round(moved_to, time.perf_counter() - started)
@@ -107,24 +118,25 @@ class Dispatcher:
             self._report(moved, waiting)
         return Round(moved, waiting)
 
-    def _free_slots(self) -> int:
-        """How many jobs to read from an ingress now: the room left on accepting nodes (so a
-        full fleet costs no reads), at most one dispatch batch."""
-        free = 0
-        for n in self._nodes:
-            if n.accepting:
-                limit = self.router.limit(n)
-                if limit is None:
-                    return self._settings.dispatch_batch
-                free += max(0, limit - n.load)
-        return min(free, self._settings.dispatch_batch)
-
-    def _read_routing(self, job_ids: list[str]) -> list[tuple[str, JobSpec]]:
+    def _read_heads(self, priorities: Sequence[str], count: int) -> list[list[tuple[str, JobSpec]]]:
+        """The first `count` job ids of each ingress with what routing needs of each job, in
+        one round trip: per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET
+        rq:job:*->gf_model ...`, which reads a list range in order and each id's fields (nil
+        when absent) in one command, instead of LRANGE + one HMGET per job. (SORT's GET
+        patterns reach keys the command does not name, as a script with built keys would:
+        fine on one Redis, refused by Redis Cluster, which gpufleet does not use.)"""
         with self._r.pipeline(transaction=False) as p:
-            for job_id in job_ids:
-                p.hmget(Keys.rq_job(job_id), *JobField.ROUTING)
+            for priority in priorities:
+                p.sort(Keys.rq_queue(self._keys.ingress_queue(priority)), start=0, num=count, by="nosort",
+                       get=list(ROUTING_GETS))  # fmt: skip
             replies = p.execute()
-        return [(job_id, _routing_spec(fields)) for job_id, fields in zip(job_ids, replies)]
+        return [_routing_jobs(reply) for reply in replies]
+
+    def _depths(self, priorities: Sequence[str]) -> list[int]:
+        with self._r.pipeline(transaction=False) as p:
+            for priority in priorities:
+                p.llen(Keys.rq_queue(self._keys.ingress_queue(priority)))
+            return [int(n) for n in p.execute()]
 
     def _report(self, moved: int, waiting: int) -> None:
         """One log line when jobs start waiting for want of a live node, and one when nodes are
@@ -182,6 +194,21 @@ def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:
     if every and round_no % every == 0:
         return (PRIORITIES[-1], *PRIORITIES[:-1])
     return PRIORITIES
+
+
+NO_NEEDS = JobSpec(func="")  # a job that names no model, affinity or GPU memory: most of them
+ROUTING_GETS = ("#", *(f"{Keys.rq_job('*')}->{name}" for name in JobField.ROUTING))  # SORT GET: id, then fields
+
+
+def _routing_jobs(reply: list[bytes | None]) -> list[tuple[str, JobSpec]]:
+    """(job id, routing needs) from a SORT ... GET # GET <each routing field> reply."""
+    jobs = []
+    for job_id, model, affinity, gpu_mem in zip(*[iter(reply)] * 4):
+        if model is None and affinity is None and gpu_mem is None:
+            jobs.append((job_id.decode(), NO_NEEDS))  # `#` (the id itself) is never nil
+        else:
+            jobs.append((job_id.decode(), _routing_spec([model, affinity, gpu_mem])))
+    return jobs
 
 
 def _routing_spec(fields: list[bytes | None]) -> JobSpec:

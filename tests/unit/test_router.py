@@ -135,3 +135,13 @@ def test_rendezvous_score_is_stable_across_processes_and_runs() -> None:
 def test_load_cap_lets_every_node_of_an_idle_fleet_take_one() -> None:
     assert load_cap(total_load=0, n_nodes=10, epsilon=0.25) == 1
     assert load_cap(total_load=99, n_nodes=10, epsilon=0.25) == 13
+
+
+def test_a_burst_on_a_thousand_idle_nodes_takes_each_node_once_in_id_order() -> None:
+    """Equal expected delays everywhere: ties go by node id, and each placement makes its node
+    the longest wait, so a thousand jobs visit the thousand nodes once each, in id order."""
+    router = Router(ShortestExpectedDelay(), max_node_queue=0)
+    ids = [f"n{i:04d}" for i in range(1000)]
+    moves, after = router.route(jobs(1000), [node(i) for i in reversed(ids)])
+    assert [n for _, n in moves] == ids
+    assert {n.load for n in after} == {1}

@@ -1,0 +1,76 @@
+"""The dispatcher's NodeReader re-reads only heartbeats whose `ts` moved, yet reads the same
+nodes as the one-command-per-key read (plain commands: fakeredis stands in for Redis)."""
+
+from __future__ import annotations
+
+import fakeredis
+
+from dispatcher.keys import Keys
+from dispatcher.snapshot import NodeReader, read_nodes, read_nodes_per_key
+from worker.gpu import GpuReading, Reading
+from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat
+from worker.stats import StatsView
+
+KEYS = Keys("t")
+
+
+def beat(r: fakeredis.FakeRedis, node_id: str, completed: int, now_s: float, keys: Keys = KEYS) -> None:
+    reading = Reading.aggregate("nvml", (GpuReading(0, "H200", 0.5, 40, 140),))
+    view = StatsView(running=1, completed=completed, failed=0, service_time_s=0.2, busy_fraction=0.5)
+    send_heartbeat(r, keys, node_id, heartbeat_fields(NodeInfo(node_id), view, reading, now_s=now_s), ttl_s=5)
+
+
+def test_a_cached_read_matches_a_full_read_as_the_fleet_changes() -> None:
+    r = fakeredis.FakeRedis()
+    reader = NodeReader(r, KEYS)
+    for i in range(5):
+        beat(r, f"n{i}", 0, 100.0)
+    assert reader.read(now_s=100.5) == read_nodes_per_key(r, KEYS, now_s=100.5)
+    beat(r, "n1", 7, 101.0)  # a new heartbeat: re-read
+    r.rpush(Keys.rq_queue(KEYS.node_queue("n2")), "j1", "j2")  # counts and flags: read every time
+    r.zadd(Keys.rq_started(KEYS.node_queue("n3")), {"j0:x": 1})
+    r.set(KEYS.drain_flag("n3"), "1")
+    r.set(KEYS.ejected("n4"), "0.9")
+    r.delete(KEYS.alive("n0"))
+    nodes = reader.read(now_s=102.0)
+    assert nodes == read_nodes_per_key(r, KEYS, now_s=102.0)
+    assert [(n.node_id, n.alive, n.queued, n.running, n.draining, n.ejected) for n in nodes] == [
+        ("n0", False, 0, 0, False, False), ("n1", True, 0, 0, False, False), ("n2", True, 2, 0, False, False),
+        ("n3", True, 0, 1, True, False), ("n4", True, 0, 0, False, True)]  # fmt: skip
+    assert (nodes[1].completed, nodes[1].heartbeat_age_s, nodes[2].heartbeat_age_s) == (7, 1.0, 2.0)
+
+
+def test_a_node_that_leaves_the_set_is_forgotten() -> None:
+    r = fakeredis.FakeRedis()
+    reader = NodeReader(r, KEYS)
+    beat(r, "a", 0, 100.0)
+    beat(r, "b", 0, 100.0)
+    assert [n.node_id for n in reader.read()] == ["a", "b"]
+    r.srem(KEYS.nodes, "a")
+    assert [n.node_id for n in reader.read()] == ["b"]
+    assert reader.read(now_s=100.0) == read_nodes(r, KEYS, now_s=100.0)
+
+
+def test_a_namespace_that_sort_patterns_cannot_name_is_read_key_by_key() -> None:
+    r = fakeredis.FakeRedis()
+    keys = Keys("fleet*1")
+    beat(r, "a", 3, 100.0, keys)
+    [n] = read_nodes(r, keys, now_s=101.0)
+    assert (n.node_id, n.alive, n.completed, n.heartbeat_age_s) == ("a", True, 3, 1.0)
+
+
+def test_no_nodes_reads_as_none() -> None:
+    assert read_nodes(fakeredis.FakeRedis(), KEYS) == []
+
+
+def test_a_heartbeat_is_parsed_again_only_when_its_ts_moves() -> None:
+    """The contract the cache rests on: every heartbeat rewrites `ts`. A field changed behind
+    the writer's back is seen at the node's next beat, not before."""
+    r = fakeredis.FakeRedis()
+    reader = NodeReader(r, KEYS)
+    beat(r, "a", 1, 100.0)
+    assert reader.read()[0].completed == 1
+    r.hset(KEYS.heartbeat("a"), "completed", "50")
+    assert reader.read()[0].completed == 1
+    beat(r, "a", 2, 101.0)
+    assert reader.read()[0].completed == 2
