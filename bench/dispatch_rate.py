@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", "-n", type=int, default=100_000, help="Jobs pre-submitted per routing run.")
     ap.add_argument("--nodes", type=int, default=16, help="Nodes with room (one heartbeat each, no worker).")
-    ap.add_argument("--batch", default="200,1000", help="dispatch_batch values to run, comma-separated (200 is the default setting).")
+    ap.add_argument("--batch", default="200,1000", help="dispatch_batch values to run, comma-separated (1000 is the default setting).")
     ap.add_argument("--max-node-queue", type=int, default=0, help="Router bound per node; 0: unbounded.")
     ap.add_argument("--runs", type=int, default=3, help="Runs per batch size, and latency runs.")
     ap.add_argument("--latency-jobs", type=int, default=300, help="Jobs per latency run, one at a time.")

@@ -38,6 +38,27 @@ def wake_dispatcher(pipeline: Pipeline, keys: Keys) -> None:
     pipeline.ltrim(keys.dispatch_wakeup, 0, 0)
 
 
+def needs_field(spec: JobSpec) -> str:
+    """The job's gf_needs value: what routing must respect, as a JSON object of the needs it
+    has (model, affinity, gpu_mem_gib); "" (the field left out) when it has none. One field,
+    so the dispatcher reads a job's needs with one SORT GET pattern."""
+    needs: dict[str, Any] = {}
+    if spec.model:
+        needs["model"] = spec.model
+    if spec.affinity:
+        needs["affinity"] = spec.affinity
+    if spec.gpu_mem_gib:
+        needs["gpu_mem_gib"] = float(spec.gpu_mem_gib)
+    return json.dumps(needs, separators=(",", ":")) if needs else ""
+
+
+def needs_spec(field: str | bytes | None) -> JobSpec:
+    """What routing must respect, from a gf_needs value (None or "": nothing)."""
+    needs = json.loads(field) if field else {}
+    return JobSpec(func="", model=needs.get("model"), affinity=needs.get("affinity"),
+                   gpu_mem_gib=float(needs.get("gpu_mem_gib", 0.0)))  # fmt: skip
+
+
 class FleetJob(Job):
     """An rq Job that knows its batch and counts its attempts and outcomes."""
 
@@ -70,6 +91,11 @@ class FleetJob(Job):
     @property
     def batch_id(self) -> str:
         return self.fleet.get(JobField.BATCH, "")
+
+    @property
+    def model(self) -> str:
+        """The model the job wants warm ("" when none)."""
+        return needs_spec(self.fleet.get(JobField.NEEDS)).model or ""
 
     def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
         super().prepare_for_execution(worker_name, pipeline)
@@ -106,9 +132,9 @@ class QueuedJobHash:
     is formatted once per (func, priority); per job only `data`, the timeout and the job's own
     gpufleet fields are. Left out: rq's fields that are empty for a queued job (callbacks,
     started_at, ended_at, last_heartbeat, worker_name, group_id: `Job.restore` reads each with
-    `.get`), and gpufleet fields at their default (gf_id, gf_model, gf_affinity when none,
-    gf_gpu_mem 0, gf_retries 0, gf_attempts 0: every reader treats a missing gf_ field as its
-    default, and HINCRBY counts from 0).
+    `.get`), and gpufleet fields at their default (gf_id, gf_needs when the job needs nothing,
+    gf_retries 0, gf_attempts 0: every reader treats a missing gf_ field as its default, and
+    HINCRBY counts from 0).
     """
 
     def __init__(self, keys: Keys, batch_id: str, result_ttl_s: int, default_timeout_s: int = 180) -> None:
@@ -128,12 +154,8 @@ class QueuedJobHash:
         own: tuple[str, ...] = ()
         if spec.client_id is not None:
             own += (JobField.CLIENT_ID, spec.client_id)
-        if spec.model:
-            own += (JobField.MODEL, spec.model)
-        if spec.affinity:
-            own += (JobField.AFFINITY, spec.affinity)
-        if spec.gpu_mem_gib:
-            own += (JobField.GPU_MEM, repr(float(spec.gpu_mem_gib)))
+        if needs := needs_field(spec):
+            own += (JobField.NEEDS, needs)
         if spec.retries:
             own += (JobField.RETRIES, str(spec.retries))
         data = zlib.compress((head + json.dumps(spec.input) + tail).encode())  # what rq's to_dict stores

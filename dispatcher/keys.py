@@ -20,15 +20,11 @@ class JobField:
     BATCH = "gf_batch"  # batch id the job belongs to
     CLIENT_ID = "gf_id"  # the client's own id from the job file ("" when none)
     PRIORITY = "gf_priority"  # high | normal | low: which ingress the job waits in
-    MODEL = "gf_model"  # model name the job wants warm ("" when none)
-    AFFINITY = "gf_affinity"  # session key for sticky routing ("" when none)
-    GPU_MEM = "gf_gpu_mem"  # GiB of free GPU memory the job needs
+    NEEDS = "gf_needs"  # what routing must respect (model, affinity, GPU memory): job.needs_field
     NODE = "gf_node"  # node the job is routed to now ("" while it waits in an ingress)
     ATTEMPTS = "gf_attempts"  # executions started so far
     RETRIES = "gf_retries"  # extra attempts the job may have after a failure
     ERROR = "gf_error"  # why gpufleet ended the job (e.g. "node a lost"); rq's results hold job errors
-
-    ROUTING = (MODEL, AFFINITY, GPU_MEM)  # what the dispatcher reads to route a job
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from redis import Redis
 
 from .autoscale import Autoscaler
 from .health import Health
+from .job import needs_spec
 from .keys import PRIORITIES, JobField, Keys
 from .lease import Lease
 from .metrics import DispatcherMetrics, set_desired_nodes
@@ -121,8 +122,8 @@ class Dispatcher:
     def _read_heads(self, priorities: Sequence[str], count: int) -> list[list[tuple[str, JobSpec]]]:
         """The first `count` job ids of each ingress with what routing needs of each job, in
         one round trip: per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET
-        rq:job:*->gf_model ...`, which reads a list range in order and each id's fields (nil
-        when absent) in one command, instead of LRANGE + one HMGET per job. (SORT's GET
+        rq:job:*->gf_needs`, which reads a list range in order and each id's needs (nil when
+        it has none) in one command, instead of LRANGE + one HMGET per job. (SORT's GET
         patterns reach keys the command does not name, as a script with built keys would:
         fine on one Redis, refused by Redis Cluster, which gpufleet does not use.)"""
         with self._r.pipeline(transaction=False) as p:
@@ -197,20 +198,12 @@ def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:
 
 
 NO_NEEDS = JobSpec(func="")  # a job that names no model, affinity or GPU memory: most of them
-ROUTING_GETS = ("#", *(f"{Keys.rq_job('*')}->{name}" for name in JobField.ROUTING))  # SORT GET: id, then fields
+ROUTING_GETS = ("#", f"{Keys.rq_job('*')}->{JobField.NEEDS}")  # SORT GET: the id, then its needs
 
 
 def _routing_jobs(reply: list[bytes | None]) -> list[tuple[str, JobSpec]]:
-    """(job id, routing needs) from a SORT ... GET # GET <each routing field> reply."""
-    jobs = []
-    for job_id, model, affinity, gpu_mem in zip(*[iter(reply)] * 4):
-        if model is None and affinity is None and gpu_mem is None:
-            jobs.append((job_id.decode(), NO_NEEDS))  # `#` (the id itself) is never nil
-        else:
-            jobs.append((job_id.decode(), _routing_spec([model, affinity, gpu_mem])))
-    return jobs
-
-
-def _routing_spec(fields: list[bytes | None]) -> JobSpec:
-    model, affinity, gpu_mem = (f.decode() if f else "" for f in fields)
-    return JobSpec(func="", model=model or None, affinity=affinity or None, gpu_mem_gib=float(gpu_mem or 0))
+    """(job id, routing needs) from a SORT ... GET # GET <needs field> reply."""
+    return [
+        (job_id.decode(), NO_NEEDS if needs is None else needs_spec(needs))  # `#` (the id) is never nil
+        for job_id, needs in zip(*[iter(reply)] * 2)
+    ]

@@ -24,6 +24,9 @@ _SOURCES = {
 }
 
 
+MAX_NODES_PER_MOVE = 65535  # move_to_nodes names a job's node in two bytes
+
+
 @dataclass(frozen=True)
 class JobPlace:
     """Where a job sits: a LIST holding its id, or a ZSET holding `member` (default: the id)."""
@@ -54,12 +57,18 @@ class Scripts:
         """Move (job id, node id) pairs out of `ingress_queue`; True for each job moved."""
         if not moves:
             return []
-        keys = [Keys.rq_queue(ingress_queue), RQ_QUEUES]
-        args: list[str] = [JobField.NODE]
-        for job_id, node_id in moves:
-            queue = self._keys.node_queue(node_id)
-            keys += [Keys.rq_queue(queue), Keys.rq_job(job_id)]
-            args += [job_id, queue, node_id]
+        index: dict[str, int] = {}  # node id -> its 1-based place among the batch's nodes
+        for _, node_id in moves:
+            index.setdefault(node_id, len(index) + 1)
+        if len(index) > MAX_NODES_PER_MOVE:
+            raise ValueError(f"one move reaches at most {MAX_NODES_PER_MOVE} nodes, not {len(index)}")
+        queues = [self._keys.node_queue(node_id) for node_id in index]
+        keys = [Keys.rq_queue(ingress_queue), RQ_QUEUES, *map(Keys.rq_queue, queues)]
+        node_of_job = b"".join(index[node_id].to_bytes(2, "big") for _, node_id in moves)
+        args: list[str | bytes] = [JobField.NODE, Keys.rq_job(""), node_of_job]
+        for queue, node_id in zip(queues, index):
+            args += [queue, node_id]
+        args += [job_id for job_id, _ in moves]
         return [flag == 1 for flag in self._run["move_to_nodes"](keys=keys, args=args)]
 
     def return_to_ingress(self, priority: str, places: Sequence[JobPlace], *, at_front: bool = True,

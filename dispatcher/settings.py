@@ -21,7 +21,7 @@ class Settings:
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0  # liveness key TTL: a few heartbeat periods
     snapshot_interval_s: float = 0.15  # how often the dispatcher re-reads node heartbeats
-    dispatch_batch: int = 200  # job ids read from an ingress per routing round
+    dispatch_batch: int = 1000  # job ids read from an ingress per routing round (at most the free room)
     prefetch: int = 2  # a node holds at most capacity + prefetch jobs (late binding)
     max_node_queue: int = -1  # -1: capacity + prefetch; 0: unbounded; N: at most N per node
     policy: str = "shortest-expected-delay"

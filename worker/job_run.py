@@ -22,7 +22,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from dispatcher.keys import JobField
+from dispatcher.job import FleetJob
 
 from .batching import BatchSpec, batch_spec, per_job_results
 
@@ -38,7 +38,7 @@ SCAN_FACTOR = 4  # jobs looked at per max_size when picking a batch out of a mix
 
 
 def _model(job: Job) -> str:
-    return str(getattr(job, "fleet", {}).get(JobField.MODEL, ""))
+    return job.model if isinstance(job, FleetJob) else ""
 
 
 class JobRun:

@@ -49,6 +49,27 @@ def test_a_job_no_longer_in_the_ingress_is_skipped_not_duplicated(r: redis.Redis
     assert r.llen(Keys.rq_queue(KEYS.node_queue("n1"))) == 1 and not r.exists(Keys.rq_queue(KEYS.node_queue("n2")))
 
 
+def test_a_long_run_of_head_jobs_leaves_the_ingress_in_one_trim_keeping_each_node_queue_in_order(
+    r: redis.Redis, settings: Settings
+) -> None:
+    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(2500)])
+    ids = ingress_ids(r)
+    moves = [(job_id, "n1" if i % 2 == 0 else "n2") for i, job_id in enumerate(ids[:2400])]
+    assert Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), moves) == [True] * 2400
+    assert ingress_ids(r) == ids[2400:]
+    n1 = [i.decode() for i in r.lrange(Keys.rq_queue(KEYS.node_queue("n1")), 0, -1)]
+    assert n1 == ids[:2400:2]  # more than one RPUSH chunk (1,000 ids each), still in order
+    assert r.hget(Keys.rq_job(ids[2399]), JobField.NODE) == b"n2"
+
+
+def test_jobs_behind_a_job_left_in_place_are_found_one_by_one(r: redis.Redis, settings: Settings) -> None:
+    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(3)])
+    x, a, b = ingress_ids(r)
+    assert Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(a, "n1"), (b, "n1")]) == [True, True]
+    assert ingress_ids(r) == [x]
+    assert r.lrange(Keys.rq_queue(KEYS.node_queue("n1")), 0, -1) == [a.encode(), b.encode()]
+
+
 def test_rq_works_a_moved_job_and_keeps_its_registries_on_the_node_queue(r: redis.Redis, settings: Settings) -> None:
     Submitter(r, settings).submit([JobSpec("worker.tasks:echo", {"hello": "gpu"})])
     [job_id] = ingress_ids(r)

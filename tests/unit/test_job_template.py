@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
 from dispatcher.client import new_job_ids
-from dispatcher.job import QueuedJobHash, job_class
+from dispatcher.job import QueuedJobHash, job_class, needs_spec
 from dispatcher.keys import JobField, Keys
 from dispatcher.models import JobSpec
 
@@ -82,8 +82,9 @@ def test_rq_and_fleetjob_restore_it_as_the_job_that_was_asked_for() -> None:
         assert job.enqueued_at == job.created_at == stamp.replace(tzinfo=job.enqueued_at.tzinfo)
         assert job.started_at is None and job.ended_at is None and job.worker_name is None and job.meta == {}
     fleet = job.fleet  # type: ignore[attr-defined]
-    assert fleet == {JobField.BATCH: "b2", JobField.PRIORITY: "low", JobField.CLIENT_ID: "c7", JobField.MODEL: "m",
-                     JobField.AFFINITY: "s1", JobField.GPU_MEM: "1.5", JobField.RETRIES: "2"}  # fmt: skip
+    assert fleet == {JobField.BATCH: "b2", JobField.PRIORITY: "low", JobField.CLIENT_ID: "c7",
+                     JobField.NEEDS: '{"model":"m","affinity":"s1","gpu_mem_gib":1.5}', JobField.RETRIES: "2"}  # fmt: skip
+    assert (job.model, needs_spec(fleet[JobField.NEEDS]).gpu_mem_gib) == ("m", 1.5)  # type: ignore[attr-defined]
 
 
 def test_job_ids_look_like_rqs_and_do_not_repeat() -> None:

@@ -31,7 +31,7 @@ def test_old_failures_leave_the_window_and_counter_resets_are_ignored() -> None:
     d = FailureRateOutliers(max_failure_rate=0.5, min_jobs=10, window_s=60)
     feed(d, 0, n=(0, 0))
     feed(d, 1, n=(0, 9))  # 9 failures, but fewer than min_jobs
-    assert feed(d, 100, n=(10, 9)) == []  # the failures are 99 s old: out of the window
+    assert feed(d, 100, n=(10, 11)) == []  # 2 of 12 in the window; the 9 are 99 s old
     assert feed(d, 101, n=(0, 0)) == []  # the worker restarted (counters went down)
     assert feed(d, 102, n=(0, 12)) == ["n"]
 
