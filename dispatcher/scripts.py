@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.utils import now, utcformat
 
 from .keys import RQ_QUEUES, JobField, Keys
@@ -104,6 +105,19 @@ class Scripts:
         keys = [Keys.rq_queue(node_queue), Keys.rq_intermediate(node_queue)]
         flags = self._run["claim_jobs"](keys=keys, args=list(job_ids))
         return [job_id for job_id, flag in zip(job_ids, flags) if flag == 1]
+
+    def take_next_job(self, pipeline: Pipeline, node_queue: str) -> None:
+        """Queue on `pipeline` the taking of `node_queue`'s head into rq's intermediate list (as
+        rq's dequeue does) with its job HASH; the reply is [job id, [field, value, ...]], or
+        None when the queue was empty. EVAL with the source, not EVALSHA: inside a transaction
+        a script Redis forgot cannot be reloaded and retried (Redis caches the compiled body)."""
+        pipeline.eval(_SOURCES["take_next_job"], 2, Keys.rq_queue(node_queue), Keys.rq_intermediate(node_queue),
+                      Keys.rq_job(""))  # fmt: skip
+
+    def put_back_job(self, node_queue: str, job_id: str) -> bool:
+        """A job taken by take_next_job but never started goes back to the head of `node_queue`."""
+        keys = [Keys.rq_queue(node_queue), Keys.rq_intermediate(node_queue)]
+        return bool(self._run["put_back_job"](keys=keys, args=[job_id]) == 1)
 
     def renew_lease(self, token: str, ttl_ms: int) -> bool:
         return bool(self._run["renew_lease"](keys=[self._keys.dispatcher_lease], args=[token, ttl_ms]) == 1)

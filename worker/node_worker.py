@@ -69,6 +69,7 @@ class NodeWorker(SimpleWorker):
         self.stop_requested = False  # rq raises StopRequested when idle without keeping a flag
         self._rq_heartbeat_at = self._suspension_checked_at = float("-inf")
         self._models_reported = 0
+        self._taken: tuple[str, dict[bytes, bytes]] | None = None  # next job, taken with the last one recorded
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -78,6 +79,39 @@ class NodeWorker(SimpleWorker):
             if len(warm) != self._models_reported:
                 self.stats.add_models(warm)
                 self._models_reported = len(warm)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self._put_back_taken()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
+                                     ) -> tuple[Job, Queue] | None:  # fmt: skip
+        """rq's dequeue, unless the transaction that recorded the last job took the next one too
+        (record_successes): then that job, with no round trip."""
+        if self._taken is None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        (job_id, fields), self._taken = self._taken, None
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(fields)
+        job.redis_server_version = self.get_redis_server_version()
+        self.heartbeat()
+        return job, self.queues[0]
+
+    def _may_take_next(self) -> bool:
+        return not (self.stop_requested or self._stop_requested) and len(self.queues) == 1
+
+    def _put_back_taken(self) -> None:
+        """A job taken but not started (the loop ended) goes back to the head of the node queue;
+        if Redis is down, work_slot hands it back with the unfinished ones."""
+        if self._taken is None:
+            return
+        job_id, self._taken = self._taken[0], None
+        try:
+            self.scripts.put_back_job(self.queues[0].name, job_id)
+        except REDIS_DOWN:
+            self.unfinished_job_ids.add(job_id)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """rq's worker heartbeat, which its loop sends around every job: at most once a second
@@ -135,7 +169,9 @@ class NodeWorker(SimpleWorker):
         job finished with its ended_at, its Result, the finished registry, its expiry, its
         execution gone from the started registry; batch counters and the dispatcher's wake-up
         once for all. Leaner than rq's per-job path, which re-saves the whole job HASH and
-        handles dependents, repeats and callbacks (gpufleet jobs have none)."""
+        handles dependents, repeats and callbacks (gpufleet jobs have none). The same
+        transaction takes the node queue's next job (take_next_job), which the loop then starts
+        without a dequeue round trip of its own."""
         if not done:
             return
         finished: Counter[str] = Counter()
@@ -161,9 +197,14 @@ class NodeWorker(SimpleWorker):
                         p.hincrby(self.keys.batch_info(batch_id), BatchCounter.FINISHED, count)
                 wake_dispatcher(p, self.keys)
                 self.set_state(WorkerStatus.IDLE, pipeline=p)
-                p.execute()
+                take = self._may_take_next()
+                if take:
+                    self.scripts.take_next_job(p, self.queues[0].name)
+                taken = p.execute()[-1]
         except REDIS_DOWN as e:
             raise OutcomeNotRecorded(str(e)) from e
+        if take and taken and taken[1]:  # a job whose HASH is gone stays in the intermediate list, as with rq
+            self._taken = (taken[0].decode(), dict(zip(taken[1][::2], taken[1][1::2])))
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Execution | None = None) -> None:  # fmt: skip
