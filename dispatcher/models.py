@@ -37,6 +37,7 @@ class NodeState:
     healthy: bool = True  # False when NVML reports a GPU error
     health_reason: str = ""
     capacity: int = 1
+    batch_max: int = 1  # the largest batch a @batched task asked for on this node (1: none)
     queued: int = 0
     running: int = 0
     completed: int = 0
@@ -96,6 +97,7 @@ class NodeState:
             healthy=h.get("healthy", "1") != "0",
             health_reason=h.get("health_reason", ""),
             capacity=max(1, _int(h, "capacity", 1)),
+            batch_max=max(1, _int(h, "batch_max", 1)),
             queued=queued,
             running=_int(h, "running", 0) if running is None else running,
             completed=_int(h, "completed", 0),

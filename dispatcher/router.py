@@ -23,7 +23,9 @@ class Router:
     so a burst between two heartbeats is spread, not herded onto the node that looked idle.
 
     A node holds at most `capacity + prefetch` jobs (late binding: the rest wait in the
-    ingress for whichever node frees up first); `max_node_queue=0` lifts the bound.
+    ingress for whichever node frees up first), or `capacity + batch_max` when its tasks
+    batch more than `prefetch` jobs, so a full next batch waits while one runs;
+    `max_node_queue=0` lifts the bound.
     A job with an `affinity` key goes to its rendezvous node unless that node is over
     (1 + affinity_epsilon) x the mean load (then the next in its rendezvous order); the
     policy decides only when no node in that order may take it.
@@ -31,7 +33,7 @@ class Router:
 
     policy: Policy
     prefetch: int = 2
-    max_node_queue: int | None = None  # None: capacity + prefetch; 0: unbounded; N: at most N
+    max_node_queue: int | None = None  # None: capacity + max(prefetch, batch_max); 0: unbounded; N: at most N
     affinity_epsilon: float = DEFAULT_AFFINITY_EPSILON
     _last: Placement | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -39,7 +41,9 @@ class Router:
         """The most jobs `n` may hold, or None when unbounded."""
         if self.max_node_queue == 0:
             return None
-        return n.capacity + self.prefetch if self.max_node_queue is None else self.max_node_queue
+        if self.max_node_queue is None:
+            return n.capacity + (max(self.prefetch, n.batch_max) if n.batch_max > 1 else self.prefetch)
+        return self.max_node_queue
 
     def has_room(self, n: NodeState, held: int | None = None) -> bool:
         """Whether `n` may take one more job; `held` overrides the snapshot's count."""

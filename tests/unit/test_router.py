@@ -42,6 +42,15 @@ def test_late_binding_fills_nodes_only_to_capacity_plus_prefetch() -> None:
     assert {n.node_id: n.load for n in after} == {"a": 3, "b": 2}
 
 
+def test_a_batching_node_holds_a_full_next_batch_beside_the_one_running() -> None:
+    """32 running in one batch (capacity 1 slot x 32): the next 32 wait on the node, not 2."""
+    router = Router(LeastConnections(), prefetch=2)
+    nodes = [node("batched", capacity=32, batch_max=32, running=32), node("plain", capacity=1, running=1)]
+    moves, _ = router.route(jobs(100), nodes)
+    assert Counter(n for _, n in moves) == {"batched": 32, "plain": 2}
+    assert NodeState.from_hash("x", {"capacity": "64", "batch_max": "32"}, alive=True, queued=0, now_s=0).batch_max == 32
+
+
 def test_max_node_queue_zero_never_holds_a_job_back() -> None:
     router = Router(LeastConnections(), max_node_queue=0)
     moves, _ = router.route(jobs(50), [node("a", running=1, queued=9), node("b", running=1, queued=9)])
