@@ -61,6 +61,7 @@ class Dispatcher:
         self._reader = NodeReader(r, self._keys)  # keeps parsed heartbeats between refreshes
         self._nodes: list[NodeState] = []
         self._snapshot_at = float("-inf")
+        self._recount = False  # a job ended while jobs waited: re-read the nodes before the next round
         self._waiting_for_nodes = False
         self._rounds = 0
         self.moved_total = 0
@@ -85,6 +86,10 @@ class Dispatcher:
         fresh = self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s
         if fresh:
             self.refresh()
+        elif self._recount:  # a slot freed up: current counts now, the health pass on its interval
+            self._nodes = self._reader.read()
+            fresh = True
+        self._recount = False
         moved = waiting = 0
         started, moved_to = time.perf_counter(), list[str]()  # for the metrics, when on
         self._rounds += 1
@@ -185,7 +190,7 @@ class Dispatcher:
             return
         woken = self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
         if woken and rnd.waiting:  # a slot may have freed up: look at the nodes again now
-            self._snapshot_at = float("-inf")
+            self._recount = True
 
 
 def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:
