@@ -100,7 +100,7 @@ class NodeWorker(SimpleWorker):
         return job, self.queues[0]
 
     def _may_take_next(self) -> bool:
-        return not (self.stop_requested or self._stop_requested) and len(self.queues) == 1
+        return not (self.stop_requested or self._stop_requested)
 
     def _put_back_taken(self) -> None:
         """A job taken but not started (the loop ended) goes back to the head of the node queue;
