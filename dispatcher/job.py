@@ -53,10 +53,14 @@ def needs_field(spec: JobSpec) -> str:
 
 
 def needs_spec(field: str | bytes | None) -> JobSpec:
-    """What routing must respect, from a gf_needs value (None or "": nothing)."""
-    needs = json.loads(field) if field else {}
-    return JobSpec(func="", model=needs.get("model"), affinity=needs.get("affinity"),
-                   gpu_mem_gib=float(needs.get("gpu_mem_gib", 0.0)))  # fmt: skip
+    """What routing must respect, from a gf_needs value (None or "": nothing). A value that is
+    not what needs_field writes counts as no needs: one odd job must not stop routing."""
+    try:
+        needs = json.loads(field) if field else {}
+        return JobSpec(func="", model=needs.get("model") or None, affinity=needs.get("affinity") or None,
+                       gpu_mem_gib=float(needs.get("gpu_mem_gib", 0.0)))  # fmt: skip
+    except (ValueError, TypeError, AttributeError):
+        return JobSpec(func="")
 
 
 class FleetJob(Job):

@@ -91,3 +91,8 @@ def test_job_ids_look_like_rqs_and_do_not_repeat() -> None:
     ids = new_job_ids(5000)
     assert len(set(ids)) == 5000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_garbled_needs_field_reads_as_no_needs() -> None:
+    for garbled in (b"{not json", b"[1, 2]", b'{"gpu_mem_gib": "lots"}', b"7"):
+        assert needs_spec(garbled) == JobSpec(func="")
