@@ -81,25 +81,25 @@ class JobRun:
             return []
         deadline = time.monotonic() + spec.max_wait_ms / 1000
         func, model = self.first.func_name, _model(self.first)
-        unlike: set[str] = set()  # jobs seen that belong to another batch: not fetched again
+        unlike: set[str] = set()  # jobs seen that cannot join (another batch's, or gone): not fetched again
         taken: list[Job] = []
         while True:
             ids = [i.decode() for i in self.conn.lrange(self.queue.key, 0, SCAN_FACTOR * spec.max_size - 1)]
-            fresh = [i for i in ids if i not in unlike]
+            fresh = [i for i in ids if i not in unlike][: want - len(taken)]  # fetch no more than may join
             alike = []
-            for job in self.worker.job_class.fetch_many(fresh, connection=self.conn, serializer=self.worker.serializer):
-                if job is None:
-                    continue
-                if job.func_name == func and _model(job) == model:
+            found = self.worker.job_class.fetch_many(fresh, connection=self.conn, serializer=self.worker.serializer)
+            for job_id, job in zip(fresh, found):
+                if job is not None and job.func_name == func and _model(job) == model:
                     alike.append(job)
                 else:
-                    unlike.add(job.id)
-            alike = alike[: want - len(taken)]
+                    unlike.add(job_id)
             claimed = set(self.worker.scripts.claim_jobs(self.queue.name, [j.id for j in alike]))
             taken += [j for j in alike if j.id in claimed]
             left_s = deadline - time.monotonic()
             if len(taken) >= want or left_s <= 0:
                 return taken
+            if len(alike) < len(fresh):  # jobs of another batch were in the way: look past them now
+                continue
             time.sleep(min(POLL_S, left_s))
 
     # -- starting -------------------------------------------------------------------------
