@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from dispatcher.errors import GpufleetError, JobFileError
+from dispatcher.keys import namespace_problem
 from dispatcher.settings import Settings
 
 EXIT_ERROR = 1  # something the user can fix: the message says what
@@ -41,12 +42,21 @@ def default_log_config(level: str) -> dict[str, Any]:
     }
 
 
+def _check_namespace(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A bad --namespace (or GPUFLEET_NAMESPACE) is a usage error, caught before anything runs."""
+    if value is not None and (why := namespace_problem(value)) is not None:
+        raise click.BadParameter(why)
+    return value
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--redis-url", envvar="GPUFLEET_REDIS_URL", show_envvar=True, default=None,
-              help="Redis to use (redis://, rediss:// with TLS, unix://); a password in it is never printed. "
-                   "Default: redis://127.0.0.1:6379/0.")  # fmt: skip
-@click.option("--namespace", envvar="GPUFLEET_NAMESPACE", show_envvar=True, default=None,
-              help="Key prefix, so several fleets can share one Redis. Default: gpufleet.")  # fmt: skip
+              help="Redis to use (redis://, rediss:// with TLS, unix://, or "
+                   "redis+sentinel://host:port,host:port/service/db to follow a Sentinel failover); "
+                   "a password in it is never printed. Default: redis://127.0.0.1:6379/0.")  # fmt: skip
+@click.option("--namespace", envvar="GPUFLEET_NAMESPACE", show_envvar=True, default=None, callback=_check_namespace,
+              help="Key prefix, so several fleets can share one Redis: 1-64 letters, digits, '_' or '-', "
+                   "and not 'rq'. Default: gpufleet.")  # fmt: skip
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True, help="How much the long-running commands log to stderr.")  # fmt: skip
 @click.version_option("0.1.0", prog_name="gpufleet")

@@ -22,7 +22,7 @@ from rq.utils import now, utcformat
 
 from .errors import GpufleetError, JobFileError
 from .job import BatchCounter, QueuedJobHash, wake_dispatcher
-from .jobfile import check_func, count_jobs, read_jobs
+from .jobfile import check_specs, count_jobs, read_jobs
 from .keys import RQ_QUEUES, Keys
 from .models import JobSpec
 from .settings import Settings
@@ -97,10 +97,9 @@ class Submitter:
         return total
 
     def submit(self, specs: Sequence[JobSpec], batch_id: str | None = None) -> SubmitReceipt:
-        """Python API: validate every spec's function, then enqueue them all as one batch."""
-        for i, spec in enumerate(specs, 1):
-            if (why := check_func(spec.func)) is not None:
-                raise JobFileError("jobs", i, "func", why)
+        """Python API: check every spec as a job file line is checked (a JobFileError naming the
+        spec's number and field), then enqueue them all as one batch."""
+        check_specs(specs)
         batch_id = self.start_batch(batch_id, len(specs), specs[0].func if specs else None)
         return SubmitReceipt(batch_id, self.enqueue(specs, batch_id))
 

@@ -7,8 +7,11 @@ extra round trip. `QueuedJobHash` writes a queued job's HASH without building an
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import zlib
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -71,13 +74,10 @@ class FleetJob(Job):
 
     @property
     def func(self) -> Any:
-        """The job's function, refused before import when its module is not allowed here."""
-        name = self.func_name or ""
-        if self.allowed_modules is not None and not any(name.startswith(m + ".") for m in self.allowed_modules):
-            raise PermissionError(
-                f"function {name!r} is not in an allowed module (worker --allow: {', '.join(self.allowed_modules)})"
-            )
-        return super().func
+        """The job's function; on a worker, only a function defined in an allowed module."""
+        if self.allowed_modules is None:
+            return super().func
+        return allowed_function(self.func_name or "", self.allowed_modules)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", SERIALIZER)
@@ -119,6 +119,48 @@ class FleetJob(Job):
         wake_dispatcher(pipeline, self.keys)
         if self.batch_id:
             pipeline.hincrby(self.keys.batch_info(self.batch_id), counter, 1)
+
+
+@lru_cache(maxsize=256)
+def allowed_function(func_name: str, allowed_modules: tuple[str, ...]) -> Callable[..., Any]:
+    """The function that rq's dotted `func_name` names, if a worker allowed `allowed_modules` may
+    run it. Anyone who can write to Redis can write a job HASH, so the worker is the trust
+    boundary. rq's import_attribute would follow any attribute path: `worker.tasks.time.sleep`
+    would reach the time module that worker.tasks imports. So the name is read as one module plus
+    one attribute. The module must be an allowed module or a submodule of one, and that is
+    checked before anything is imported. The attribute must be a function whose own __module__ is
+    allowed, which refuses `from os import system`. functools.wraps and @batched keep __module__.
+    Cached, since it runs once per job; a refusal raises, so it is not cached."""
+    allowed = ", ".join(allowed_modules)
+    module_name, _, attr = func_name.rpartition(".")
+    if not _is_within(module_name, allowed_modules):
+        raise PermissionError(f"function {func_name!r} is not in an allowed module (worker --allow: {allowed})")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        on_the_path = _is_within(module_name, (missing,))  # not a module that the module imports
+        if not on_the_path or not any(missing.startswith(m + ".") for m in allowed_modules):
+            raise  # an allowed module that is not installed, or one of its imports: rq's own error
+        raise PermissionError(
+            f"function {func_name!r} is refused: {missing!r} is not a module. A job names a function "
+            "as module.function; an attribute path after the module (module.a.b) is never followed"
+        ) from None
+    func = getattr(module, attr)
+    if not inspect.isfunction(func):
+        raise PermissionError(f"function {func_name!r} is refused: it is a {type(func).__name__}, not a function")
+    defined_in = func.__module__ or ""
+    if not _is_within(defined_in, allowed_modules):
+        raise PermissionError(
+            f"function {func_name!r} is refused: it is defined in {defined_in!r}, which is not an allowed "
+            f"module (worker --allow: {allowed})"
+        )
+    return func
+
+
+def _is_within(module_name: str, modules: tuple[str, ...]) -> bool:
+    """Whether `module_name` is one of `modules` or a submodule of one (a dotted-name check, no import)."""
+    return any(module_name == m or module_name.startswith(m + ".") for m in modules)
 
 
 @lru_cache(maxsize=None)

@@ -1,5 +1,6 @@
 """Parses and validates job files (JSON Lines): one JobSpec per line, or a JobFileError that
-names the line and the field. Streams: one line in memory at a time.
+names the line and the field. Streams: one line in memory at a time. `check_specs` holds the
+JobSpecs of the Python API to the same rules, so both accept the same jobs.
 
 Line format (DESIGN.md): {"input": any, "func"?: "module:function", "id"?: str|int,
 "model"?: str, "affinity"?: str, "priority"?: "high|normal|low", "timeout"?: seconds,
@@ -11,9 +12,10 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from .errors import JobFileError
 from .keys import PRIORITIES
@@ -23,6 +25,25 @@ MAX_LINE_BYTES = 8 * 1024 * 1024  # one job's input; larger payloads belong in o
 FIELDS = ("input", "func", "id", "model", "affinity", "priority", "timeout", "retries", "gpu_mem")
 _KNOWN = frozenset(FIELDS)
 _FUNC_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+_MAX_FLOAT = sys.float_info.max
+_SPEC_FIELDS = {"id": "client_id", "timeout": "timeout_s", "gpu_mem": "gpu_mem_gib"}  # JobSpec's names
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not -_MAX_FLOAT <= value <= _MAX_FLOAT:
+        raise ValueError(f"{text} is too large for a float")
+    return value
+
+
+# Python's json reads NaN and Infinity (and turns 1e999 into inf), then writes them back as
+# NaN/Infinity, which is not JSON: `results` would print lines no JSON parser reads. A custom
+# parse_float costs only on lines that hold floats; one decoder, built once, for every line.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 @lru_cache(maxsize=256)
@@ -53,9 +74,10 @@ def parse_line(text: str, *, source: str, line_no: int, default_func: str | None
 def _parse(text: str, source: str, line_no: int, default_func: str | None, default_priority: str) -> tuple[Any, ...]:
     """parse_line's work: JobSpec's fields, in its order, without building one."""
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
     except ValueError as e:
-        raise JobFileError(source, line_no, None, f"not valid JSON ({e})") from None
+        why = "it starts with a UTF-8 BOM" if text.startswith("\ufeff") else e
+        raise JobFileError(source, line_no, None, f"not valid JSON ({why})") from None
     if not isinstance(obj, dict):
         raise JobFileError(source, line_no, None, f"expected a JSON object, got {type(obj).__name__}")
     if "input" not in obj or len(obj) > 1:  # a line with only "input" needs no more checks
@@ -161,12 +183,51 @@ def _optional_str(value: Any, name: str) -> str | None:
     return value
 
 
-def _number(value: Any, name: str, *, integer: bool, minimum: float) -> Any:
-    if value is None:
+def _number(value: Any, name: str, *, integer: bool, minimum: float, optional: bool = True) -> Any:
+    if value is None and optional:
         return None
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise _FieldError(name, f"must be {'an integer' if integer else 'a number'}")
+    if not integer and not -_MAX_FLOAT <= value <= _MAX_FLOAT:  # NaN compares false
+        raise _FieldError(name, "must be a finite number")
     if value < minimum:
         raise _FieldError(name, f"must be >= {minimum:g}")
     return value
+
+
+def check_specs(specs: Iterable[JobSpec], *, source: str = "jobs") -> None:
+    """Raise the JobFileError that a job file would give for the first spec (counted from 1)
+    that no line of a job file could have produced. Client ids must be unique among `specs`."""
+    seen_ids: dict[str, int] = {}
+    for i, spec in enumerate(specs, 1):
+        try:
+            _check_spec(spec)
+        except _FieldError as e:
+            raise JobFileError(source, i, _SPEC_FIELDS.get(e.field, e.field), e.message) from None
+        if spec.client_id is not None:
+            client_id = str(spec.client_id)  # stored as text: 7 and "7" are the same id
+            if client_id in seen_ids:
+                raise JobFileError(source, i, "client_id", f"{client_id!r} already used by job {seen_ids[client_id]}")
+            seen_ids[client_id] = i
+
+
+def _check_spec(spec: JobSpec) -> None:
+    """A line's checks, field by field in JobSpec's order, on a JobSpec built in Python."""
+    _func(spec.func)
+    _input(spec.input)
+    _client_id(spec.client_id)
+    _optional_str(spec.model, "model")
+    _optional_str(spec.affinity, "affinity")
+    _priority(spec.priority)
+    _number(spec.timeout_s, "timeout", integer=True, minimum=1)
+    _number(spec.retries, "retries", integer=True, minimum=0, optional=False)
+    _number(spec.gpu_mem_gib, "gpu_mem", integer=False, minimum=0, optional=False)
+
+
+def _input(value: Any) -> None:
+    """A parsed line's input is JSON already; one built in Python must become JSON, all of it."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise _FieldError("input", f"must be JSON, with no NaN or Infinity ({e})") from None

@@ -7,11 +7,26 @@ Fields that gpufleet adds to rq's job HASH are in `JobField`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 RQ_QUEUES = "rq:queues"  # SET of rq queue keys; rq lists only the queues found here
 
 PRIORITIES = ("high", "normal", "low")  # ingress order: high is served first
+
+# A namespace prefixes every gpufleet key, so it holds neither separator (':' in key names, '.'
+# in queue names), nor '*' (a SORT pattern's wildcard, snapshot.py), nor anything a terminal or a
+# log line would mangle; and it is not "rq", whose keys (rq:job:..., rq:queue:...) belong to rq.
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why `namespace` cannot prefix gpufleet's keys, or None when it can."""
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+        return f"namespace {namespace!r} must be 1-64 characters, each a letter, a digit, '_' or '-'"
+    if namespace == "rq":
+        return "namespace 'rq' would mix gpufleet's keys into rq's own (rq:...); choose another"
+    return None
 
 
 class JobField:
@@ -40,8 +55,17 @@ class Keys:
     def heartbeat(self, node_id: str) -> str:  # HASH, written by worker/heartbeat.py every ~1 s
         return f"{self.namespace}:node:{node_id}:hb"
 
-    def alive(self, node_id: str) -> str:  # STRING with TTL; expired = node dead
+    def alive(self, node_id: str) -> str:  # STRING with TTL, value = the holding process's incarnation; expired = node dead
         return f"{self.namespace}:node:{node_id}:alive"
+
+    def held(self, node_id: str, holder: str) -> str:  # LIST: jobs one worker process took from its node queue, not yet started
+        return f"{self.namespace}:node:{node_id}:held:{holder}"
+
+    def node_wakeup(self, node_id: str) -> str:  # LIST of <= 1 token: jobs arrived in the node queue; idle workers BLPOP it
+        return f"{self.namespace}:node:{node_id}:wakeup"
+
+    def held_lists(self, node_id: str) -> str:  # SET of the node's `held` LIST keys, every process's, any incarnation
+        return f"{self.namespace}:node:{node_id}:held"
 
     def ingress_queue(self, priority: str) -> str:  # rq queue *name* nobody works
         return f"{self.namespace}.ingress.{priority}"
@@ -63,7 +87,7 @@ class Keys:
     def desired_nodes(self) -> str:  # STRING: node count the autoscaler wants (dispatcher/autoscale.py)
         return f"{self.namespace}:autoscale:desired"
 
-    def drain_flag(self, node_id: str) -> str:  # STRING; present = route nothing there (drain/SIGTERM)
+    def drain_flag(self, node_id: str) -> str:  # STRING; present = route nothing there (drain/SIGTERM; see node_claim)
         return f"{self.namespace}:node:{node_id}:drain"
 
     def ejected(self, node_id: str) -> str:  # STRING with TTL = cool-down; present = node ejected
@@ -103,6 +127,18 @@ class Keys:
     @staticmethod
     def rq_job(job_id: str) -> str:  # HASH (rq's own key); `origin` = queue name
         return f"rq:job:{job_id}"
+
+    @staticmethod
+    def rq_execution(job_id: str, execution_id: str) -> str:  # HASH: one run of a job (rq's Execution)
+        return f"rq:execution:{job_id}:{execution_id}"
+
+    @staticmethod
+    def rq_executions(job_id: str) -> str:  # ZSET execution id -> expiry: a job's runs (rq's ExecutionRegistry)
+        return f"rq:executions:{job_id}"
+
+    @staticmethod
+    def rq_worker_executions(worker_name: str) -> str:  # SET of "job_id:execution_id" a worker runs (rq's)
+        return f"rq:worker:{worker_name}:executions"
 
     @staticmethod
     def rq_results(job_id: str) -> str:  # STREAM of rq Results, newest last (rq's own key)

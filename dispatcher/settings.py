@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import SettingsError
+from .keys import namespace_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -47,6 +48,8 @@ class Settings:
     scale_cmd: str = ""  # autoscaler: 'CMD {n}' run (no shell) when the desired count changes
 
     def __post_init__(self) -> None:
+        if (why := namespace_problem(self.namespace)) is not None:  # every key is built from it
+            raise SettingsError(why)
         if self.heartbeat_interval_s <= 0 or self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise SettingsError(
                 "heartbeat_ttl_s must exceed heartbeat_interval_s (> 0), or a live node looks dead "
