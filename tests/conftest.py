@@ -1,22 +1,35 @@
-"""Shared fixtures: a real redis-server per test session (integration) and small builders."""
+"""Shared fixtures: a real redis-server per test session (integration), a Sentinel group per
+test that needs a failover, and small builders."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 import redis
 
 from dispatcher.errors import GpufleetError
+from dispatcher.keys import Keys
 from dispatcher.models import NodeState
-from dispatcher.redis_server import RedisServer
+from dispatcher.redis_server import RedisServer, SentinelGroup
 from dispatcher.settings import Settings
 
 
 def node(node_id: str = "a", **fields: object) -> NodeState:
     """A NodeState with defaults for everything not given."""
     return NodeState(node_id=node_id, **fields)  # type: ignore[arg-type]
+
+
+def write_heartbeat(r: redis.Redis, keys: Keys, node_id: str, fields: Mapping[str, str], ttl_s: float,
+                    incarnation: str = "test") -> None:  # fmt: skip
+    """What one beat (dispatcher/lua/beat.lua) leaves in Redis, as plain commands, so a test can
+    stand in for a node on fakeredis (which runs Lua through lupa, not Redis's Lua)."""
+    with r.pipeline(transaction=False) as p:
+        p.hset(keys.heartbeat(node_id), mapping=dict(fields))
+        p.set(keys.alive(node_id), incarnation, px=int(ttl_s * 1000))
+        p.sadd(keys.nodes, node_id)
+        p.execute()
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +44,20 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.skip(f"no redis-server: {e}")
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def sentinel_group() -> Iterator[SentinelGroup]:
+    """A master, a replica and three sentinels, fresh per test (a test may fail the master over).
+    Missing redis-server or sentinel mode: skip locally, fail in CI, as `redis_server` does."""
+    try:
+        group = SentinelGroup().start()
+    except GpufleetError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a redis-server that runs Sentinel: {e}")
+        pytest.skip(f"no Sentinel: {e}")
+    yield group
+    group.cleanup()
 
 
 @pytest.fixture
