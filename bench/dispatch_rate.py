@@ -62,7 +62,7 @@ from dispatcher.redis_server import RedisServer  # noqa: E402
 from dispatcher.settings import Settings  # noqa: E402
 from worker.fleet import LocalFleet, SimNode  # noqa: E402
 from worker.gpu import Reading  # noqa: E402
-from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat  # noqa: E402
+from worker.heartbeat import NodeInfo, heartbeat_fields  # noqa: E402
 from worker.stats import StatsView  # noqa: E402
 
 FUNC = "worker.tasks:echo"
@@ -100,17 +100,16 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def write_heartbeats(r: Redis, keys: Keys, node_ids: list[str], *, ttl_s: float, capacity: int = 1) -> None:
-    """One heartbeat per node, as worker.heartbeat writes it (idle, sim probe), in one pipeline."""
+    """One heartbeat per node, what beat.lua writes (idle, sim probe), in one pipeline."""
     view = StatsView(running=0, completed=0, failed=0, service_time_s=0.01, busy_fraction=0.0)
     reading = Reading("sim")
     with r.pipeline(transaction=False) as p:
         for node_id in node_ids:
             fields = heartbeat_fields(NodeInfo(node_id, capacity=capacity), view, reading)
             p.hset(keys.heartbeat(node_id), mapping=fields)
-            p.set(keys.alive(node_id), fields["ts"], px=int(ttl_s * 1000))
+            p.set(keys.alive(node_id), "bench", px=int(ttl_s * 1000))  # value: the incarnation
             p.sadd(keys.nodes, node_id)
         p.execute()
-    assert send_heartbeat  # the same three commands as worker.heartbeat.send_heartbeat
 
 
 def pin(server: RedisServer, enabled: bool) -> str:

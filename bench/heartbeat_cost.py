@@ -2,7 +2,8 @@
 
 Against a private loopback redis-server (`RedisServer`, a free port; never the Redis on 6379),
 `--beats` heartbeats are sent two ways:
-- `worker.heartbeat.send_heartbeat` with fields from `heartbeat_fields` (the write alone);
+- `dispatcher.scripts.Scripts.beat` with fields from `heartbeat_fields` (the write alone: the
+  beat.lua script, which checks the node's incarnation, then writes the HASH and liveness);
 - `worker.heartbeat.Heartbeat.beat`, what the worker's heartbeat thread does each interval:
   read the node's counters (`NodeStats`, shared memory), its probe (`--probe`: sim, or cpu
   which reads /proc), the models kept warm, then the same write.
@@ -43,7 +44,8 @@ from dispatcher.keys import Keys  # noqa: E402
 from dispatcher.redis_server import RedisServer  # noqa: E402
 from dispatcher.snapshot import read_nodes  # noqa: E402
 from worker.gpu import GpuReading, Probe, Reading, make_probe  # noqa: E402
-from worker.heartbeat import Heartbeat, NodeInfo, heartbeat_fields, send_heartbeat  # noqa: E402
+from dispatcher.scripts import Scripts  # noqa: E402
+from worker.heartbeat import Heartbeat, NodeInfo, heartbeat_fields  # noqa: E402
 from worker.stats import NodeStats, StatsView  # noqa: E402
 
 
@@ -117,27 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.beats = 100
     keys = Keys("hbcost")
-    info = NodeInfo("node-0", capacity=1)
+    info = NodeInfo("node-0", capacity=1, incarnation="bench")
     stats = NodeStats(slots=1)
     probe: Probe = FixedGpus(args.gpus) if args.gpus else make_probe(args.probe, lambda: stats.last_busy_fraction)
     with RedisServer() as server:
         r = Redis.from_url(server.url, connection_class=CountingConnection)
         fields = heartbeat_fields(info, StatsView(1, 10, 0, 0.05, 0.8), probe.read())
-        write = measure(r, args.beats, lambda: send_heartbeat(r, keys, info.node_id, fields, ttl_s=5.0))
-        heartbeat = Heartbeat(r, keys, info, stats, probe, interval_s=1.0, ttl_s=5.0)
+        scripts = Scripts(r, keys)
+        write = measure(r, args.beats, lambda: scripts.beat(info.node_id, info.incarnation, 5000, fields))
+        heartbeat = Heartbeat(scripts, info, stats, probe, interval_s=1.0, ttl_s=5.0)
         beat = measure(r, args.beats, heartbeat.beat)
         [node] = read_nodes(r, keys)  # what was written reads back as the node
         assert node.alive and node.node_id == info.node_id and node.gpu_count == args.gpus, node
         result = {"beats": args.beats, "gpus": args.gpus, "probe": probe.name,
                   "redis_version": r.info("server")["redis_version"], "hash_fields": len(fields),
-                  "send_heartbeat": write, "Heartbeat.beat": beat}  # fmt: skip
+                  "Scripts.beat": write, "Heartbeat.beat": beat}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     source = f"{args.gpus} fixed GPU reading(s)" if args.gpus else f"the {probe.name} probe"
     print(f"{args.beats} beats each way; node reporting {source}; {len(fields)} heartbeat "
           f"fields; redis-server {result['redis_version']}, loopback, unpinned")  # fmt: skip
-    for name in ("send_heartbeat", "Heartbeat.beat"):
+    for name in ("Scripts.beat", "Heartbeat.beat"):
         x = result[name]
         cmds = ", ".join(f"{k.upper()} {v:g}" for k, v in x["by_command"].items())
         print(f"  {name:15} {x['round_trips']:.2f} round trip(s), {x['replies']:.2f} replies, {x['commands']:.2f} "

@@ -4,7 +4,7 @@ On a private loopback redis-server (`RedisServer`, a free port; never the Redis 
 
 - a heartbeat writer: ONE child process beats for every simulated node, each once per
   `--heartbeat-interval` on its own phase (the nodes are spread over the interval, a slice per
-  10 ms tick, one pipeline per slice). Each beat is what `worker.heartbeat.send_heartbeat`
+  10 ms tick, one pipeline per slice). Each beat is what `dispatcher/lua/beat.lua`
   writes (HSET of the full `heartbeat_fields`, one GPU per node with its per-GPU figures,
   SET alive PX ttl, SADD nodes): 1,000 nodes, not 1,000 processes;
 - `--jobs` echo jobs submitted to the normal ingress (`Submitter.enqueue`) before the clock.
@@ -117,10 +117,10 @@ def heartbeat_writer(url: str, namespace: str, n_nodes: int, interval_s: float, 
                                  busy_fraction=0.8)  # fmt: skip
                 gpu = GpuReading(0, "NVIDIA H100 80GB HBM3", 0.8, 40.0, 80.0, temperature_c=61.0, power_w=410.5,
                                  power_limit_w=700.0, uuid=f"GPU-{node_id}")  # fmt: skip
-                fields = heartbeat_fields(NodeInfo(node_id, capacity=1, pid=1000), view,
+                fields = heartbeat_fields(NodeInfo(node_id, capacity=1, incarnation="bench"), view,
                                           Reading.aggregate("nvml", (gpu,)), models=("llama-3-8b",))  # fmt: skip
-                p.hset(keys.heartbeat(node_id), mapping=fields)  # as worker.heartbeat.send_heartbeat
-                p.set(keys.alive(node_id), fields["ts"], px=int(ttl_s * 1000))
+                p.hset(keys.heartbeat(node_id), mapping=fields)  # as beat.lua writes it
+                p.set(keys.alive(node_id), "bench", px=int(ttl_s * 1000))
                 p.sadd(keys.nodes, node_id)
             p.execute()
         i += 1

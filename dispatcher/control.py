@@ -11,18 +11,18 @@ from rq.utils import as_text
 from .errors import NotFound
 from .job import BatchCounter
 from .keys import PRIORITIES, JobField, Keys
-from .scripts import Ending, JobPlace, Scripts
+from .node_claim import OPERATOR_DRAIN
+from .scripts import MOVED, Ending, JobPlace, Scripts
 from .settings import Settings
 
 CHUNK = 500
-DRAIN_MARK = "operator"  # drain flag value set by `gpufleet drain`
 
 
 def drain(r: Redis, keys: Keys, node_id: str) -> None:
     """Route nothing more to the node; the dispatcher hands its queued jobs back, and the
     job it runs finishes there."""
     _require_node(r, keys, node_id)
-    r.set(keys.drain_flag(node_id), DRAIN_MARK)
+    r.set(keys.drain_flag(node_id), OPERATOR_DRAIN)
 
 
 def undrain(r: Redis, keys: Keys, node_id: str) -> None:
@@ -75,8 +75,8 @@ def cancel(r: Redis, settings: Settings, target: str) -> CancelReport:
             else:
                 continue
             endings.append(Ending(JobPlace(job_id, source, batch), Keys.rq_canceled(origin), "canceled"))
-        done = sum(scripts.end_jobs(endings, status="canceled", counter=BatchCounter.CANCELED,
-                                    ttl_s=settings.result_ttl_s))  # fmt: skip
+        done = scripts.end_jobs(endings, status="canceled", counter=BatchCounter.CANCELED,
+                                ttl_s=settings.result_ttl_s).count(MOVED)  # fmt: skip
         canceled += done
         left += len(ids) - done
     return CancelReport(canceled, left)
@@ -102,6 +102,6 @@ def requeue_failed(r: Redis, settings: Settings, batch_id: str | None = None) ->
             for priority in PRIORITIES:
                 places = [JobPlace(job_id, registry, batch) for job_id, (prio, batch) in zip(chunk, rows)
                           if (prio or "normal") == priority and (batch_id is None or batch == batch_id)]  # fmt: skip
-                requeued += sum(scripts.return_to_ingress(priority, places, at_front=False,
-                                                          counter=BatchCounter.FAILED))  # fmt: skip
+                requeued += scripts.return_to_ingress(priority, places, at_front=False,
+                                                      counter=BatchCounter.FAILED).count(MOVED)  # fmt: skip
     return requeued

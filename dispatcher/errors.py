@@ -4,7 +4,9 @@
     ├── RedisUnavailable     the Redis URL does not answer
     ├── JobFileError         a line of a job file is not a valid job
     ├── SettingsError        a setting or flag has a value gpufleet cannot use
-    └── NotFound             a batch, job or node that does not exist
+    ├── NotFound             a batch, job or node that does not exist
+    ├── NodeIdInUse          a live worker process already runs this node id
+    └── NodeTakenOver        another worker process took this node id over
 """
 
 from __future__ import annotations
@@ -43,3 +45,23 @@ class SettingsError(GpufleetError):
 
 class NotFound(GpufleetError):
     """Raised when a batch, job or node named by the user does not exist."""
+
+
+class NodeIdInUse(GpufleetError):
+    """Raised when a worker starts under a node id that a live process already runs."""
+
+    def __init__(self, node_id: str, holder: str, pid: str, host: str) -> None:
+        super().__init__(
+            f"node id {node_id!r} is run by a live worker (pid {pid} on host {host}, incarnation {holder}): "
+            "stop that worker first, or give this one another --node-id"
+        )
+        self.node_id = node_id
+
+
+class NodeTakenOver(GpufleetError):
+    """Raised when another worker process took this node id over while this one ran it."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node id {node_id!r} was taken over by another worker process; this one stopped "
+                         "(were two workers started under one --node-id?)")  # fmt: skip
+        self.node_id = node_id

@@ -20,9 +20,10 @@ from redis import Redis
 from .job import BatchCounter
 from .keys import PRIORITIES, JobField, Keys
 from .models import NodeState
+from .node_claim import STOP_MARK_PREFIX, worker_prefix
 from .outliers import FailureRateOutliers
 from .retry import may_retry
-from .scripts import Ending, JobPlace, Scripts
+from .scripts import DROPPED, MOVED, Ending, JobPlace, Scripts, as_raw, read_id
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,65 +39,131 @@ class NodeJob:
     priority: str
     attempts: int
     retries: int
-    running: bool
+    running: bool  # started (in rq's started registry); a held job was taken, never started
 
 
 @dataclass(frozen=True)
 class RequeueReport:
-    requeued: int = 0  # queued jobs given back to the ingress
+    requeued: int = 0  # queued (or taken, never started) jobs given back to the ingress
     retried: int = 0  # running jobs sent to run again elsewhere
     failed: int = 0  # running jobs past their retry limit
+    dropped: int = 0  # ids whose job HASH was gone: removed, nothing could run them
 
 
-def find_node_jobs(r: Redis, keys: Keys, node_id: str, *, include_running: bool) -> list[NodeJob]:
-    """The node's jobs, running first (they were dequeued earliest), then queued in order."""
+@dataclass(frozen=True)
+class Leftovers:
+    """Which of a node's jobs to look through (find_node_jobs).
+
+    held: the held lists of these worker processes, or None for every list the node has;
+    started_by: started jobs whose rq worker name starts with this ("" for all; None: none);
+    queued: the node queue too."""
+
+    held: tuple[str, ...] | None = None
+    started_by: str | None = ""
+    queued: bool = False
+
+    @classmethod
+    def of_holder(cls, keys: Keys, node_id: str, holder: str) -> Leftovers:
+        """What one worker process (node_claim.holder_name) has taken or started."""
+        return cls(held=(keys.held(node_id, holder),), started_by=worker_prefix(node_id, holder))
+
+
+def find_node_jobs(r: Redis, keys: Keys, node_id: str, scope: Leftovers) -> list[NodeJob]:
+    """The node's jobs in `scope`: running first, then taken (both dequeued earliest), then
+    queued in order. rq's own intermediate list is read with every held list (a job an rq
+    dequeue left there, e.g. by an older worker)."""
     queue = keys.node_queue(node_id)
+    if scope.held is None:
+        members: set[bytes] = r.smembers(keys.held_lists(node_id))  # type: ignore[assignment]
+        lists = [*sorted(k.decode() for k in members), Keys.rq_intermediate(queue)]
+    else:
+        lists = list(scope.held)
     with r.pipeline(transaction=False) as p:
-        p.lrange(Keys.rq_queue(queue), 0, -1)
-        p.lrange(Keys.rq_intermediate(queue), 0, -1)
-        p.zrange(Keys.rq_started(queue), 0, -1)
-        queued, popped, started = p.execute()
+        if scope.started_by is not None:
+            p.zrange(Keys.rq_started(queue), 0, -1)
+        for held in lists:
+            p.lrange(held, 0, -1)
+        if scope.queued:
+            p.lrange(Keys.rq_queue(queue), 0, -1)
+        replies = iter(p.execute())
     places = []
-    if include_running:
-        places += [JobPlace(j.decode(), Keys.rq_intermediate(queue)) for j in popped]
-        places += [JobPlace(m.decode().split(":")[0], Keys.rq_started(queue), member=m.decode()) for m in started]
-    places += [JobPlace(j.decode(), Keys.rq_queue(queue)) for j in queued]
+    if scope.started_by is not None:
+        for member in map(read_id, next(replies)):
+            places.append(JobPlace(member.split(":")[0], Keys.rq_started(queue), member=member))
+    for held in lists:
+        places += [JobPlace(read_id(j), held) for j in next(replies)]
+    if scope.queued:
+        places += [JobPlace(read_id(j), Keys.rq_queue(queue)) for j in next(replies)]
     if not places:
         return []
     with r.pipeline(transaction=False) as p:
         for place in places:
-            p.hmget(Keys.rq_job(place.job_id), JobField.PRIORITY, JobField.BATCH, JobField.ATTEMPTS, JobField.RETRIES)
+            p.hmget(as_raw(Keys.rq_job(place.job_id)), JobField.PRIORITY, JobField.BATCH, JobField.ATTEMPTS,
+                    JobField.RETRIES, "worker_name")  # fmt: skip
         fields = p.execute()
     jobs = []
-    for place, (priority, batch, attempts, retries) in zip(places, fields):
+    for place, (priority, batch, attempts, retries, worker) in zip(places, fields):
+        if place.member and not (worker or b"").decode("utf-8", "replace").startswith(scope.started_by or ""):
+            continue  # started by another process of this node
         jobs.append(NodeJob(
-            place=JobPlace(place.job_id, place.source, (batch or b"").decode(), place.member),
-            priority=(priority or b"normal").decode(),
-            attempts=int(attempts or 0),
-            retries=int(retries or 0),
-            running=place.source != Keys.rq_queue(queue),
+            place=JobPlace(place.job_id, place.source, (batch or b"").decode("utf-8", "replace"), place.member),
+            priority=_priority(priority),
+            attempts=_count(attempts),
+            retries=_count(retries),
+            running=bool(place.member),
         ))  # fmt: skip
     return jobs
 
 
-def requeue_node(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str, *,
-                 include_running: bool, only: set[str] | None = None) -> RequeueReport:  # fmt: skip
-    """Give a node's jobs (or just those in `only`) back to the front of their ingress, in
-    order; a running one is retried, or failed "node <id> lost" past its retry limit."""
-    jobs = find_node_jobs(r, keys, node_id, include_running=include_running)
-    if only is not None:
-        jobs = [j for j in jobs if j.place.job_id in only]
+def requeue_node(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str,
+                 scope: Leftovers) -> RequeueReport:  # fmt: skip
+    """Give a node's jobs in `scope` back to the front of their ingress, in order; a running one
+    is retried, or failed "node <id> lost" past its retry limit."""
+    jobs = find_node_jobs(r, keys, node_id, scope)
     limit = settings.node_loss_retries
     back = [j for j in jobs if not j.running or may_retry(j.attempts, max(j.retries, limit))]
     doomed = [j for j in jobs if j not in back]
-    returned = 0
+    outcome: dict[JobPlace, int] = {}
     for priority in PRIORITIES:
         places = [j.place for j in back if j.priority == priority]
-        returned += sum(scripts.return_to_ingress(priority, places, at_front=True))
+        outcome.update(zip(places, scripts.return_to_ingress(priority, places, at_front=True)))
     endings = [Ending(j.place, Keys.rq_failed(keys.node_queue(node_id)), f"node {node_id} lost") for j in doomed]
-    failed = sum(scripts.end_jobs(endings, status="failed", counter=BatchCounter.FAILED, ttl_s=settings.result_ttl_s))
-    retried = sum(1 for j in back if j.running)
-    return RequeueReport(requeued=returned - retried, retried=retried, failed=failed)
+    ended = scripts.end_jobs(endings, status="failed", counter=BatchCounter.FAILED, ttl_s=settings.result_ttl_s)
+    returned = [j for j in back if outcome[j.place] == MOVED]
+    dropped = [*outcome.values(), *ended].count(DROPPED)
+    if dropped:
+        log.warning("job data missing, ids dropped node=%s dropped=%d", node_id, dropped)
+    retried = sum(j.running for j in returned)
+    return RequeueReport(requeued=len(returned) - retried, retried=retried, failed=ended.count(MOVED),
+                         dropped=dropped)  # fmt: skip
+
+
+def recover_node(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str) -> RequeueReport:
+    """What earlier processes of a node left, before its new incarnation takes any work: the
+    jobs they took or started go back (running ones retried as for a dead node), their held
+    lists leave the node's set, and a stop mark one set no longer drains the node. The node
+    queue stays as it is: the new process works it."""
+    report = requeue_node(r, keys, scripts, settings, node_id, Leftovers())
+    with r.pipeline(transaction=False) as p:
+        p.delete(keys.held_lists(node_id))  # emptied above; nothing refills them (takes need the new token)
+        p.get(keys.drain_flag(node_id))
+        _, drain = p.execute()
+    if drain is not None and drain.startswith(STOP_MARK_PREFIX.encode()):
+        r.delete(keys.drain_flag(node_id))
+    return report
+
+
+def _priority(raw: bytes | None) -> str:
+    text = (raw or b"normal").decode("utf-8", "replace")
+    return text if text in PRIORITIES else "normal"
+
+
+def _count(raw: bytes | None) -> int:
+    """A gf_ counter field; garbage reads as 0 rather than stopping the health pass."""
+    try:
+        return max(0, int(raw or 0))
+    except ValueError:
+        return 0
 
 
 class Health:
@@ -105,6 +172,7 @@ class Health:
     def __init__(self, r: Redis, keys: Keys, scripts: Scripts, settings: Settings) -> None:
         self._r, self._keys, self._scripts, self._settings = r, keys, scripts, settings
         self._handled_dead: set[str] = set()  # dead nodes already emptied; forgotten once alive again
+        self._incarnations: dict[str, str] = {}  # the process last seen running each live node
         self._outliers = FailureRateOutliers(settings.outlier_failure_rate, settings.outlier_min_jobs,
                                              settings.outlier_window_s)  # fmt: skip
 
@@ -117,19 +185,23 @@ class Health:
         for n in nodes:
             if n.alive:
                 self._handled_dead.discard(n.node_id)
+                seen = self._incarnations.get(n.node_id)
+                if seen is not None and seen != n.incarnation:  # its new process gave back what the old one held
+                    log.info("node restarted node=%s incarnation=%s was=%s", n.node_id, n.incarnation, seen)
+                self._incarnations[n.node_id] = n.incarnation
                 if not n.accepting and n.queued:  # draining, ejected or unhealthy: hand back its queue
-                    report = self.requeue_node(n.node_id, include_running=False)
+                    report = self.requeue_node(n.node_id, Leftovers(held=(), started_by=None, queued=True))
                     log.info("node not accepting, queue handed back node=%s requeued=%d", n.node_id, report.requeued)
             elif n.node_id not in self._handled_dead or n.queued:
-                report = self.requeue_node(n.node_id, include_running=True)
+                report = self.requeue_node(n.node_id, Leftovers(queued=True))
                 self._handled_dead.add(n.node_id)
                 if report != RequeueReport():
                     log.warning("node lost node=%s requeued=%d retried=%d failed=%d", n.node_id,
                                 report.requeued, report.retried, report.failed)  # fmt: skip
         self.promote_due_retries(now_s)
 
-    def requeue_node(self, node_id: str, *, include_running: bool) -> RequeueReport:
-        return requeue_node(self._r, self._keys, self._scripts, self._settings, node_id, include_running=include_running)
+    def requeue_node(self, node_id: str, scope: Leftovers) -> RequeueReport:
+        return requeue_node(self._r, self._keys, self._scripts, self._settings, node_id, scope)
 
     def promote_due_retries(self, now_s: float) -> int:
         """Jobs whose retry backoff has passed go to the back of their ingress."""
@@ -139,6 +211,6 @@ class Health:
             due = p.execute()
         promoted = 0
         for priority, ids in zip(PRIORITIES, due):
-            places = [JobPlace(j.decode(), self._keys.retry_schedule(priority)) for j in ids]
-            promoted += sum(self._scripts.return_to_ingress(priority, places, at_front=False))
+            places = [JobPlace(read_id(j), self._keys.retry_schedule(priority)) for j in ids]
+            promoted += self._scripts.return_to_ingress(priority, places, at_front=False).count(MOVED)
         return promoted

@@ -17,6 +17,7 @@ import redis
 from redis import Redis
 
 from .autoscale import Autoscaler
+from .connection import REDIS_DOWN
 from .health import Health
 from .job import needs_spec
 from .keys import PRIORITIES, JobField, Keys
@@ -25,7 +26,7 @@ from .metrics import DispatcherMetrics, set_desired_nodes
 from .models import JobSpec, NodeState
 from .policies import Policy
 from .router import Router
-from .scripts import Scripts
+from .scripts import DROPPED, MOVED, Scripts, read_id
 from .settings import Settings
 from .snapshot import NodeReader
 
@@ -108,9 +109,12 @@ class Dispatcher:
             jobs = jobs[:slots]
             moves, self._nodes = self.router.route(jobs, self._nodes)
             flags = self._scripts.move_to_nodes(self._keys.ingress_queue(priority), moves)
-            moved += sum(flags)
+            moved += flags.count(MOVED)
+            if DROPPED in flags:
+                log.warning("job data missing, ids dropped from the ingress priority=%s dropped=%d", priority,
+                            flags.count(DROPPED))  # fmt: skip
             if self.metrics:
-                moved_to += [node_id for (_, node_id), ok in zip(moves, flags) if ok]
+                moved_to += [node_id for (_, node_id), flag in zip(moves, flags) if flag == MOVED]
             waiting += len(jobs) - len(moves)
             if room is not None:
                 room -= len(moves)  # each placement took one free slot of a bounded node
@@ -161,12 +165,13 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 try:
-                    rnd = self.dispatch_once() if self.lease.check() else None
-                    if backoff_s:
+                    if backoff_s:  # a standby's lease check may not touch Redis: ask it directly
+                        self._r.ping()
                         log.info("redis reachable again")
                         backoff_s = 0.0
+                    rnd = self.dispatch_once() if self.lease.check() else None
                     self._pause(stop, rnd)
-                except (redis.ConnectionError, redis.TimeoutError) as e:
+                except REDIS_DOWN as e:
                     if not backoff_s:
                         log.error("redis unreachable, retrying with backoff error=%s", e)
                     backoff_s = min(MAX_BACKOFF_S, max(0.1, backoff_s * 2))
@@ -209,6 +214,6 @@ ROUTING_GETS = ("#", f"{Keys.rq_job('*')}->{JobField.NEEDS}")  # SORT GET: the i
 def _routing_jobs(reply: list[bytes | None]) -> list[tuple[str, JobSpec]]:
     """(job id, routing needs) from a SORT ... GET # GET <needs field> reply."""
     return [
-        (job_id.decode(), NO_NEEDS if needs is None else needs_spec(needs))  # `#` (the id) is never nil
+        (read_id(job_id), NO_NEEDS if needs is None else needs_spec(needs))  # `#` (the id) is never nil
         for job_id, needs in zip(*[iter(reply)] * 2)
     ]

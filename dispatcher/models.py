@@ -13,7 +13,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What one job asks for: the function, its input and what routing must respect."""
+    """What one job asks for: the function, its input and what routing must respect.
+
+    Not checked when built: routing and the simulator build partial ones (func="") per job.
+    Submitter.submit checks each field as a job file's line is checked (jobfile.check_specs)."""
 
     func: str
     input: Any = None
@@ -54,6 +57,7 @@ class NodeState:
     models: tuple[str, ...] = ()
     gpus_json: str = ""  # the heartbeat's per-GPU list, as sent (parsed only where it is shown)
     heartbeat_age_s: float = 0.0
+    incarnation: str = ""  # the process running the node now (its liveness key's value; "" when dead)
     probe: str = ""
     version: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -84,6 +88,7 @@ class NodeState:
         draining: bool = False,
         ejected: bool = False,
         running: int | None = None,
+        incarnation: str = "",
     ) -> NodeState:
         """Parse a decoded heartbeat HASH; a missing or garbled field takes its default. Counts
         read from Redis directly (`queued`, and `running` when given) beat the heartbeat's."""
@@ -114,6 +119,7 @@ class NodeState:
             models=tuple(m for m in h.get("models", "").split(",") if m),
             gpus_json=h.get("gpus", ""),
             heartbeat_age_s=max(0.0, now_s - sent_at),
+            incarnation=incarnation,
             probe=h.get("probe", ""),
             version=h.get("version", ""),
             labels=_labels(h.get("labels", "")),

@@ -3,14 +3,17 @@
 `register_script` runs EVALSHA and reloads a script Redis forgot (NOSCRIPT), as redis-py does.
 Scripts that act on jobs found by a read (two-phase: read where jobs are, then move them
 atomically) re-check each job's place inside the script, so a job that moved meanwhile is
-skipped, never duplicated.
+skipped, never duplicated. Per-job results are MOVED (1), SKIPPED (0: no longer where it was
+looked for) or DROPPED (-1: its id pointed at no job HASH, so it left its list and went
+nowhere); MOVED == True and SKIPPED == False, so a list of them compares with booleans.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
@@ -26,6 +29,7 @@ _SOURCES = {
 
 
 MAX_NODES_PER_MOVE = 65535  # move_to_nodes names a job's node in two bytes
+MOVED, SKIPPED, DROPPED = 1, 0, -1  # per-job outcome of a move, return or end
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,82 @@ class JobPlace:
 
 
 @dataclass(frozen=True)
+class Taker:
+    """One worker process taking jobs from its node queue: the keys it takes through, and the
+    incarnation token the node's liveness key must hold for it to take or start anything."""
+
+    node_queue: str  # the rq queue *name*
+    held: str  # its held LIST (keys.held)
+    alive: str  # the node's liveness key (keys.alive)
+    wakeup: str  # the node's wake-up LIST (keys.node_wakeup)
+    token: str  # its incarnation
+
+    @classmethod
+    def of(cls, keys: Keys, node_id: str, holder: str, token: str) -> Taker:
+        return cls(keys.node_queue(node_id), keys.held(node_id, holder), keys.alive(node_id),
+                   keys.node_wakeup(node_id), token)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """What start_jobs writes for jobs one worker starts together (times as rq formats them)."""
+
+    taker: Taker
+    worker: str  # the rq worker name
+    jobs: Sequence[tuple[str, str]]  # (job id, new execution id)
+    started_at: str  # rq.utils.utcformat of the start
+    now_ts: str  # the start as a unix timestamp (rq's Execution.created_at)
+    ttl_s: int  # how long the execution records live without a heartbeat
+    started_score: str  # started registry score: now + ttl_s, as rq's add_execution
+    executions_score: str  # execution registry score: now + ttl_s + 60
+
+
+@dataclass(frozen=True)
 class Ending:
     """A job to end for good, the registry (ZSET) to file it in, and why."""
 
     place: JobPlace
     registry: str
     reason: str
+
+
+class FencedWrites:
+    """Writes to apply in one apply_fenced call, in groups: each group only while its job's
+    execution is still current (see apply_fenced.lua). rq's own methods queue their writes on
+    `group(member)`, a pipeline that only collects them, so the writes stay exactly rq's."""
+
+    def __init__(self, r: Redis) -> None:
+        self._r = r
+        self._groups: list[tuple[str, Pipeline]] = []
+
+    def group(self, member: str = "") -> Pipeline:
+        """A pipeline collecting the writes that depend on `member` ("": on nothing)."""
+        collector = self._r.pipeline(transaction=False)
+        self._groups.append((member, collector))
+        return collector
+
+    def args(self) -> list[Any]:
+        """The groups as apply_fenced's arguments (the collectors are emptied)."""
+        flat: list[Any] = []
+        for member, collector in self._groups:
+            commands = [command for command, _options in collector.command_stack]
+            flat += [member, len(commands)]
+            for command in commands:
+                flat += [len(command), *command]
+            collector.reset()
+        return flat
+
+
+def as_raw(text: str) -> bytes:
+    """A job id, or a key holding one, as Redis holds it: ids are read with surrogateescape
+    (`read_id`), so one that is not UTF-8 (garbage a foreign writer pushed) goes back byte for
+    byte and the script can find and remove it."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def read_id(raw: bytes) -> str:
+    """A job id read from a list or registry (any bytes; see as_raw)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 class Scripts:
@@ -54,8 +128,8 @@ class Scripts:
         self._keys = keys
         self._run = {name: r.register_script(src) for name, src in _SOURCES.items()}
 
-    def move_to_nodes(self, ingress_queue: str, moves: Sequence[tuple[str, str]]) -> list[bool]:
-        """Move (job id, node id) pairs out of `ingress_queue`; True for each job moved."""
+    def move_to_nodes(self, ingress_queue: str, moves: Sequence[tuple[str, str]]) -> list[int]:
+        """Move (job id, node id) pairs out of `ingress_queue`; MOVED, SKIPPED or DROPPED per job."""
         if not moves:
             return []
         index: dict[str, int] = {}  # node id -> its 1-based place among the batch's nodes
@@ -64,60 +138,102 @@ class Scripts:
         if len(index) > MAX_NODES_PER_MOVE:
             raise ValueError(f"one move reaches at most {MAX_NODES_PER_MOVE} nodes, not {len(index)}")
         queues = [self._keys.node_queue(node_id) for node_id in index]
-        keys = [Keys.rq_queue(ingress_queue), RQ_QUEUES, *map(Keys.rq_queue, queues)]
+        keys = [Keys.rq_queue(ingress_queue), RQ_QUEUES, *map(Keys.rq_queue, queues),
+                *map(self._keys.node_wakeup, index)]  # fmt: skip
         node_of_job = b"".join(index[node_id].to_bytes(2, "big") for _, node_id in moves)
         args: list[str | bytes] = [JobField.NODE, Keys.rq_job(""), node_of_job]
         for queue, node_id in zip(queues, index):
             args += [queue, node_id]
-        args += [job_id for job_id, _ in moves]
-        return [flag == 1 for flag in self._run["move_to_nodes"](keys=keys, args=args)]
+        args += [as_raw(job_id) for job_id, _ in moves]
+        return [int(flag) for flag in self._run["move_to_nodes"](keys=keys, args=args)]
 
     def return_to_ingress(self, priority: str, places: Sequence[JobPlace], *, at_front: bool = True,
-                          counter: str = "") -> list[bool]:  # fmt: skip
-        """Put jobs back in the ingress of `priority`, in the given order; True for each returned.
+                          counter: str = "") -> list[int]:  # fmt: skip
+        """Put jobs back in the ingress of `priority`, in the given order; MOVED, SKIPPED or DROPPED.
         `counter`: a batch counter to decrement for each (a failed job coming back)."""
         if not places:
             return []
         ingress = self._keys.ingress_queue(priority)
-        keys = [Keys.rq_queue(ingress), RQ_QUEUES]
-        args = [ingress, "1" if at_front else "0", JobField.NODE]
+        keys: list[str | bytes] = [Keys.rq_queue(ingress), RQ_QUEUES]
+        args: list[str | bytes] = [ingress, "1" if at_front else "0", JobField.NODE]
         for p in places:
-            keys += [p.source, Keys.rq_job(p.job_id), self._keys.batch_info(p.batch_id)]
-            args += [p.job_id, p.member or p.job_id, counter]
-        return [flag == 1 for flag in self._run["return_to_ingress"](keys=keys, args=args)]
+            keys += [p.source, as_raw(Keys.rq_job(p.job_id)), self._keys.batch_info(p.batch_id)]
+            args += [as_raw(p.job_id), as_raw(p.member or p.job_id), counter]
+        return [int(flag) for flag in self._run["return_to_ingress"](keys=keys, args=args)]
 
-    def end_jobs(self, endings: Sequence[Ending], *, status: str, counter: str, ttl_s: int) -> list[bool]:
-        """End jobs for good with `status` (failed, canceled); True for each ended."""
+    def end_jobs(self, endings: Sequence[Ending], *, status: str, counter: str, ttl_s: int) -> list[int]:
+        """End jobs for good with `status` (failed, canceled); MOVED (ended), SKIPPED or DROPPED per job."""
         if not endings:
             return []
-        keys: list[str] = []
-        args = [status, counter, str(ttl_s), JobField.ERROR, utcformat(now())]
+        keys: list[str | bytes] = []
+        args: list[str | bytes] = [status, counter, str(ttl_s), JobField.ERROR, utcformat(now())]
         for e in endings:
-            keys += [e.place.source, Keys.rq_job(e.place.job_id), e.registry, self._keys.batch_info(e.place.batch_id)]
-            args += [e.place.job_id, e.place.member or e.place.job_id, e.reason]
-        return [flag == 1 for flag in self._run["end_jobs"](keys=keys, args=args)]
+            keys += [e.place.source, as_raw(Keys.rq_job(e.place.job_id)), e.registry,
+                     self._keys.batch_info(e.place.batch_id)]  # fmt: skip
+            args += [as_raw(e.place.job_id), as_raw(e.place.member or e.place.job_id), e.reason]
+        return [int(flag) for flag in self._run["end_jobs"](keys=keys, args=args)]
 
-    def claim_jobs(self, node_queue: str, job_ids: Sequence[str]) -> list[str]:
-        """Take these jobs out of `node_queue` (rq's intermediate list gets them, as rq's own
-        dequeue does); the ids actually claimed, in order."""
+    def take_job(self, taker: Taker, pipeline: Pipeline | None = None) -> Any:
+        """Take the head of the taker's node queue into its held list (see take_job.lua); the
+        reply is [job id, [field, value, ...]] (no fields: the id had no HASH and was dropped),
+        [] when the queue is empty, or None when the taker no longer holds the node. With a
+        `pipeline` it is queued there (a worker recording a job takes its next one in the same
+        transaction) as EVAL with the source, not EVALSHA: inside a transaction a script Redis
+        forgot cannot be reloaded and retried (Redis caches the compiled body)."""
+        keys = [Keys.rq_queue(taker.node_queue), taker.held, taker.alive, taker.wakeup]
+        if pipeline is None:
+            return self._run["take_job"](keys=keys, args=[Keys.rq_job(""), taker.token])
+        pipeline.eval(_SOURCES["take_job"], len(keys), *keys, Keys.rq_job(""), taker.token)
+        return None
+
+    def claim_jobs(self, taker: Taker, job_ids: Sequence[bytes | str]) -> list[bool]:
+        """Take these jobs out of the taker's node queue into its held list, while it holds the
+        node (see claim_jobs.lua); True for each one claimed."""
         if not job_ids:
             return []
-        keys = [Keys.rq_queue(node_queue), Keys.rq_intermediate(node_queue)]
-        flags = self._run["claim_jobs"](keys=keys, args=list(job_ids))
-        return [job_id for job_id, flag in zip(job_ids, flags) if flag == 1]
+        keys = [Keys.rq_queue(taker.node_queue), taker.held, taker.alive]
+        return [flag == 1 for flag in self._run["claim_jobs"](keys=keys, args=[taker.token, *job_ids])]
 
-    def take_next_job(self, pipeline: Pipeline, node_queue: str) -> None:
-        """Queue on `pipeline` the taking of `node_queue`'s head into rq's intermediate list (as
-        rq's dequeue does) with its job HASH; the reply is [job id, [field, value, ...]], or
-        None when the queue was empty. EVAL with the source, not EVALSHA: inside a transaction
-        a script Redis forgot cannot be reloaded and retried (Redis caches the compiled body)."""
-        pipeline.eval(_SOURCES["take_next_job"], 2, Keys.rq_queue(node_queue), Keys.rq_intermediate(node_queue),
-                      Keys.rq_job(""))  # fmt: skip
-
-    def put_back_job(self, node_queue: str, job_id: str) -> bool:
-        """A job taken by take_next_job but never started goes back to the head of `node_queue`."""
-        keys = [Keys.rq_queue(node_queue), Keys.rq_intermediate(node_queue)]
+    def put_back_job(self, taker: Taker, job_id: bytes | str) -> bool:
+        """A job taken but never started goes back to the head of the taker's node queue."""
+        keys = [Keys.rq_queue(taker.node_queue), taker.held, taker.wakeup]
         return bool(self._run["put_back_job"](keys=keys, args=[job_id]) == 1)
+
+    def apply_fenced(self, pipeline: Pipeline, node_queue: str, writes: FencedWrites) -> None:
+        """Queue on `pipeline` the writes, each group only while its member is in `node_queue`'s
+        started registry (see apply_fenced.lua); the reply is 1 (applied) or 0 (late) per group.
+        EVAL with the source, as take_job (it shares a transaction with take_job)."""
+        pipeline.eval(_SOURCES["apply_fenced"], 1, Keys.rq_started(node_queue), *writes.args())
+
+    def start_jobs(self, pipeline: Pipeline, start: JobStart) -> None:
+        """Queue on `pipeline` the start of `start.jobs` (see start_jobs.lua); the reply is
+        [owner, flag per job]. EVAL with the source, as take_job (the pipeline holds rq's
+        worker bookkeeping too)."""
+        t = start.taker
+        keys = [t.held, t.alive, Keys.rq_started(t.node_queue), Keys.rq_worker_executions(start.worker)]
+        args = [t.token, start.worker, start.started_at, start.now_ts, str(start.ttl_s), start.started_score,
+                start.executions_score, JobField.ATTEMPTS, JobField.ERROR]  # fmt: skip
+        for job_id, execution_id in start.jobs:
+            keys += [Keys.rq_job(job_id), Keys.rq_execution(job_id, execution_id), Keys.rq_executions(job_id)]
+            args += [job_id, execution_id]
+        pipeline.eval(_SOURCES["start_jobs"], len(keys), *keys, *args)
+
+    def claim_node(self, alive: str, token: str, ttl_ms: int, expected: str = "") -> tuple[bool, str | None]:
+        """Claim a node id for incarnation `token` (see claim_node.lua): (claimed, current holder)."""
+        reply = self._run["claim_node"](keys=[alive], args=[token, ttl_ms, expected])
+        holder = reply[1] if len(reply) > 1 and reply[1] else None
+        return reply[0] == 1, None if holder is None else holder.decode()
+
+    def beat(self, node_id: str, token: str, ttl_ms: int, fields: Mapping[str, str]) -> bool:
+        """One heartbeat of incarnation `token` (see beat.lua): False when another process has
+        taken the node over (nothing was written)."""
+        keys = [self._keys.alive(node_id), self._keys.heartbeat(node_id), self._keys.nodes]
+        flat = [item for pair in fields.items() for item in pair]
+        return bool(self._run["beat"](keys=keys, args=[token, ttl_ms, node_id, *flat]) == 1)
+
+    def release_node(self, alive: str, drain: str, token: str, stop_mark: str) -> int:
+        """Drop this incarnation's liveness key and stop mark (see release_node.lua)."""
+        return int(self._run["release_node"](keys=[alive, drain], args=[token, stop_mark]))
 
     def renew_lease(self, token: str, ttl_ms: int) -> bool:
         return bool(self._run["renew_lease"](keys=[self._keys.dispatcher_lease], args=[token, ttl_ms]) == 1)

@@ -2,7 +2,9 @@
 
 Round trip 1, one command: `SORT <nodes> BY nosort GET # GET <alive> GET <drain> GET <ejected>
 GET <hb>->ts`, every node id with its three flags and its heartbeat's `ts` (SORT's GET patterns
-read keys named after each member; nil when absent). Round trip 2, one pipeline: per node the
+read keys named after each member; nil when absent). The liveness key's value is the
+incarnation running the node, which also tells whether a stop mark still drains it
+(node_claim.drains). Round trip 2, one pipeline: per node the
 queue length (LLEN) and jobs running (ZCARD of rq's started registry), both current, unlike
 the heartbeat; plus HGETALL of the heartbeats not seen before or whose `ts` moved. A heartbeat
 rewrites the whole HASH with a new `ts` (worker/heartbeat.py), so an unchanged `ts` means an
@@ -25,6 +27,7 @@ from rq.utils import as_text
 
 from .keys import Keys
 from .models import NodeState
+from .node_claim import drains
 
 
 def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -80,18 +83,19 @@ class NodeReader:
         count = iter(counts)
         for node_id, (_, alive, drain, ejected, ts), fetched in zip(ids, rows, fetch):
             queued, running = next(count), next(count)
+            draining = drains(drain, alive)
             if fetched:
                 h = decode_hash(next(hashes))
                 node = NodeState.from_hash(node_id, h, alive=alive is not None, queued=queued, running=running,
-                                           draining=drain is not None, ejected=ejected is not None,
-                                           now_s=now_s)  # fmt: skip
+                                           draining=draining, ejected=ejected is not None, now_s=now_s,
+                                           incarnation=_text(alive))  # fmt: skip
                 if ts is not None:
                     seen[node_id] = _Heartbeat(ts, node, _number(h.get("ts")))
             else:  # the parsed heartbeat with this refresh's counts, flags and age: what replace() would
                 beat = seen[node_id]  # give, without re-running __init__ over 27 fields (1 us a node, not 7)
                 fields = beat.node.__dict__.copy()
                 fields["alive"], fields["queued"], fields["running"] = alive is not None, queued, running
-                fields["draining"], fields["ejected"] = drain is not None, ejected is not None
+                fields["draining"], fields["ejected"], fields["incarnation"] = draining, ejected is not None, _text(alive)
                 fields["heartbeat_age_s"] = 0.0 if beat.sent_at_s is None else max(0.0, now_s - beat.sent_at_s)
                 node = object.__new__(NodeState)
                 object.__setattr__(node, "__dict__", fields)
@@ -156,16 +160,17 @@ def read_nodes_per_key(r: Redis, keys: Keys, now_s: float | None = None) -> list
     with r.pipeline(transaction=False) as p:
         for node_id in node_ids:
             p.hgetall(keys.heartbeat(node_id))
-            p.exists(keys.alive(node_id))
+            p.get(keys.alive(node_id))
             p.llen(Keys.rq_queue(keys.node_queue(node_id)))
-            p.exists(keys.drain_flag(node_id))
+            p.get(keys.drain_flag(node_id))
             p.exists(keys.ejected(node_id))
             p.zcard(Keys.rq_started(keys.node_queue(node_id)))
         replies = p.execute()
     now_s = time.time() if now_s is None else now_s
     return [
-        NodeState.from_hash(node_id, decode_hash(hb), alive=bool(alive), queued=int(queued), draining=bool(drain),
-                            ejected=bool(ejected), running=int(running), now_s=now_s)  # fmt: skip
+        NodeState.from_hash(node_id, decode_hash(hb), alive=alive is not None, queued=int(queued),
+                            draining=drains(drain, alive), ejected=bool(ejected), running=int(running), now_s=now_s,
+                            incarnation=_text(alive))  # fmt: skip
         for node_id, hb, alive, queued, drain, ejected, running in zip(node_ids, *(replies[i::6] for i in range(6)))
     ]
 
@@ -173,6 +178,10 @@ def read_nodes_per_key(r: Redis, keys: Keys, now_s: float | None = None) -> list
 def _as_dict(reply: Any) -> dict[bytes, bytes]:
     """A raw HGETALL reply: a map under RESP3, a flat field/value list under RESP2."""
     return reply if isinstance(reply, dict) else dict(zip(reply[0::2], reply[1::2]))
+
+
+def _text(raw: bytes | None) -> str:
+    return "" if raw is None else raw.decode("utf-8", "replace")
 
 
 def _number(raw: str | None) -> float | None:

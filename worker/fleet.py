@@ -35,12 +35,17 @@ class LocalFleet:
     log_level: str = "WARNING"
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_dir: str | None = None  # each process's stderr goes to <log_dir>/<name>.log (appended); None: ours
 
     def _spawn(self, name: str, args: Sequence[str], stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "cli", "--redis-url", self.redis_url, "--namespace", self.namespace,
                "--log-level", self.log_level, *args]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=None, start_new_session=True)
+        if self.log_dir is None:
+            proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=None, start_new_session=True)
+        else:
+            with open(os.path.join(self.log_dir, f"{name}.log"), "ab") as log:
+                proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=log, start_new_session=True)
         self.procs[name] = proc
         return proc
 

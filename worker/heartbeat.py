@@ -1,21 +1,23 @@
-"""The heartbeat: every interval, one pipelined round trip that writes the node's HASH,
-refreshes its liveness key (TTL) and registers the node. The fields are the message format
-`dispatcher.models.NodeState.from_hash` parses."""
+"""The heartbeat: every interval, one script call (beat.lua, one round trip) that writes the
+node's HASH, refreshes its liveness key (value: this process's incarnation, TTL) and registers
+the node, unless another process has taken the node over. The fields are the message format
+`dispatcher.models.NodeState.from_hash` parses.
+
+It runs in the node's own process, beside the job slots' processes: a job that holds the GIL
+(a long C call) cannot stop it, so it proves the node process alive, not that each job moves."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import redis
-from redis import Redis
-
-from dispatcher.keys import Keys
+from dispatcher.connection import REDIS_DOWN
+from dispatcher.node_claim import ProcessIdentity
+from dispatcher.scripts import Scripts
 
 from . import context
 from .gpu import Probe, Reading
@@ -35,7 +37,8 @@ class NodeInfo:
     speed: float = 1.0
     weight: float = 1.0
     labels: Mapping[str, str] = field(default_factory=dict)
-    pid: int = field(default_factory=os.getpid)
+    incarnation: str = ""  # this start of the node's process (node_claim.new_incarnation)
+    process: ProcessIdentity = field(default_factory=ProcessIdentity)
 
 
 def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, models: tuple[str, ...] = (),
@@ -70,46 +73,47 @@ def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, model
         "health_reason": reading.problems,
         "probe": reading.probe,
         "version": VERSION,
-        "pid": str(info.pid),
+        "incarnation": info.incarnation,
+        **info.process.fields(),
         "labels": json.dumps(dict(info.labels)),
     }
     return fields
 
 
-def send_heartbeat(r: Redis, keys: Keys, node_id: str, fields: Mapping[str, str], ttl_s: float) -> None:
-    """Write the HASH, refresh liveness and register the node: one round trip."""
-    with r.pipeline(transaction=False) as p:
-        p.hset(keys.heartbeat(node_id), mapping=dict(fields))
-        p.set(keys.alive(node_id), fields["ts"], px=int(ttl_s * 1000))
-        p.sadd(keys.nodes, node_id)
-        p.execute()
-
-
 class Heartbeat(threading.Thread):
-    """Sends a heartbeat every `interval_s` until stopped; survives Redis outages (one log line)."""
+    """Sends a heartbeat every `interval_s` until stopped; survives Redis outages (one log line).
+    If another process has taken the node over, it stops beating and calls `on_taken_over`."""
 
-    def __init__(self, r: Redis, keys: Keys, info: NodeInfo, stats: NodeStats, probe: Probe, *,
-                 interval_s: float, ttl_s: float) -> None:  # fmt: skip
+    def __init__(self, scripts: Scripts, info: NodeInfo, stats: NodeStats, probe: Probe, *, interval_s: float,
+                 ttl_s: float, on_taken_over: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         super().__init__(name=f"heartbeat-{info.node_id}", daemon=True)
-        self._r, self._keys, self._info, self._stats, self._probe = r, keys, info, stats, probe
-        self._interval_s, self._ttl_s = interval_s, ttl_s
+        self._scripts, self._info, self._stats, self._probe = scripts, info, stats, probe
+        self._interval_s, self._ttl_ms = interval_s, int(ttl_s * 1000)
+        self._on_taken_over = on_taken_over
         self._stop_event = threading.Event()
+        self.taken_over = False
 
-    def beat(self) -> None:
+    def beat(self) -> bool:
+        """One heartbeat; False (and nothing written) once another process holds the node."""
         view = self._stats.view()
         models = tuple(sorted(context.current().models | self._stats.models()))
         fields = heartbeat_fields(self._info, view, self._probe.read(), models=models)
-        send_heartbeat(self._r, self._keys, self._info.node_id, fields, self._ttl_s)
+        return self._scripts.beat(self._info.node_id, self._info.incarnation, self._ttl_ms, fields)
 
     def run(self) -> None:
         failing = False
         while not self._stop_event.is_set():
             try:
-                self.beat()
+                if not self.beat():
+                    log.error("node taken over by another process, stopping node=%s incarnation=%s",
+                              self._info.node_id, self._info.incarnation)  # fmt: skip
+                    self.taken_over = True
+                    self._on_taken_over()
+                    return
                 if failing:
                     log.info("heartbeat restored node=%s", self._info.node_id)
                     failing = False
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except REDIS_DOWN as e:
                 if not failing:
                     log.error("heartbeat failed, retrying node=%s error=%s", self._info.node_id, e)
                     failing = True
@@ -117,12 +121,7 @@ class Heartbeat(threading.Thread):
                 log.exception("heartbeat error node=%s", self._info.node_id)
             self._stop_event.wait(self._interval_s)
 
-    def stop(self, *, mark_dead: bool = True) -> None:
-        """Stop beating; with `mark_dead`, drop the liveness key so routing stops at once."""
+    def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=self._interval_s + 1)
-        if mark_dead:
-            try:
-                self._r.delete(self._keys.alive(self._info.node_id))
-            except redis.RedisError:
-                pass
+        if self.is_alive():
+            self.join(timeout=self._interval_s + 1)

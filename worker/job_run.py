@@ -1,11 +1,13 @@
 """One run on a node: start a job (or a batch of them), make one call, record each outcome.
 
-This replaces rq's per-job bookkeeping (about 20 round trips per job) with three pipelines
-per run: start, fence check, record. A plain job runs alone; a job of a task marked
-@batched is joined by up to max_size - 1 like jobs from the node queue. The jobs stay real
-rq jobs throughout: each gets its own rq Execution in the started registry (so routing sees
-a batch of 32 as 32 jobs running), its own Result or failure, its own retry and its own
-fence check. Failures take rq's per-job path (they are the rare case).
+This replaces rq's per-job bookkeeping (about 20 round trips per job) with three round trips
+per run: start, fence check, record. A plain job runs alone; a job of a task marked @batched
+is joined by up to max_size - 1 like jobs from the node queue. The jobs stay real rq jobs
+throughout: each gets its own rq Execution in the started registry (so routing sees a batch
+of 32 as 32 jobs running), its own Result or failure, its own retry and its own fence check.
+Failures take a per-job path (they are the rare case). A job whose payload cannot be decoded
+(not JSON: rq's pickle default, or garbage) fails for good with that reason; it is never
+retried, and nothing of it runs.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import logging
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rq.executions import Execution
+from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
-from rq.worker import WorkerStatus
 
+from dispatcher.connection import REDIS_DOWN
 from dispatcher.job import FleetJob
 
 from .batching import BatchSpec, batch_spec, per_job_results
+from .interrupts import RedisLost
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -34,23 +38,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 0.001  # how often the queue is looked at again while a batch waits to fill
+OUTAGE_RETRY_S, MAX_OUTAGE_RETRY_S = 0.5, 10.0  # while Redis is away, outcomes are written again after
 SCAN_FACTOR = 4  # jobs looked at per max_size when picking a batch out of a mixed queue
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one job's call gave: a result, or an error text (retried as its retries allow,
+    unless `final`)."""
+
+    ok: bool
+    value: Any
+    final: bool = False
 
 
 def _model(job: Job) -> str:
     return job.model if isinstance(job, FleetJob) else ""
 
 
+def undecodable(job: Job) -> str | None:
+    """Why the job's payload cannot be read (its function and arguments), or None."""
+    try:
+        job.func_name, job.args  # noqa: B018  # rq decodes `data` on first access
+    except DeserializationError as e:
+        return f"cannot decode job payload ({type(e.__cause__ or e).__name__}: {e.__cause__ or e})"
+    return None
+
+
 class JobRun:
-    """Runs `first` (already dequeued by rq); when its task is batched, with up to
-    `max_size - 1` more jobs of the same function and model taken from the node queue."""
+    """Runs `first` (already taken); when its task is batched, with up to `max_size - 1` more
+    jobs of the same function and model taken from the node queue."""
 
     def __init__(self, worker: NodeWorker, queue: Queue, first: Job) -> None:
         self.worker, self.queue, self.first = worker, queue, first
         self.conn = worker.connection
         try:
             self.spec = batch_spec(first.func)
-        except Exception:  # not allowed or not importable: the call fails and records why
+        except Exception:  # not allowed, not importable or not decodable: the call fails and records why
             self.spec = None
 
     def run(self) -> None:
@@ -59,14 +83,14 @@ class JobRun:
         if self.spec is not None:
             w.stats.saw_batch_size(self.spec.max_size)
             jobs += self._gather(self.spec)
-        w.unfinished_job_ids = {j.id for j in jobs}
-        executions = self._start(jobs)
+        jobs, executions = w.start(jobs)
+        if not jobs:
+            return
         w.stats.job_started(w.slot, len(jobs))
         started = time.perf_counter()
         ok = 0
         try:
-            ok = self._record(jobs, executions, self._call(jobs))
-            w.unfinished_job_ids = set()
+            ok = self._record_through_outages(jobs, executions, self._call(jobs))
         finally:
             elapsed = time.perf_counter() - started
             w.stats.job_ended(elapsed, True, w.slot, ok)
@@ -89,12 +113,12 @@ class JobRun:
             alike = []
             found = self.worker.job_class.fetch_many(fresh, connection=self.conn, serializer=self.worker.serializer)
             for job_id, job in zip(fresh, found):
-                if job is not None and job.func_name == func and _model(job) == model:
+                if job is not None and undecodable(job) is None and job.func_name == func and _model(job) == model:
                     alike.append(job)
                 else:
                     unlike.add(job_id)
-            claimed = set(self.worker.scripts.claim_jobs(self.queue.name, [j.id for j in alike]))
-            taken += [j for j in alike if j.id in claimed]
+            claimed = self.worker.scripts.claim_jobs(self.worker.taker, [j.id for j in alike])
+            taken += [j for j, ok in zip(alike, claimed) if ok]
             left_s = deadline - time.monotonic()
             if len(taken) >= want or left_s <= 0:
                 return taken
@@ -102,62 +126,81 @@ class JobRun:
                 continue
             time.sleep(min(POLL_S, left_s))
 
-    # -- starting -------------------------------------------------------------------------
-    def _start(self, jobs: list[Job]) -> list[Execution]:
-        """What rq's prepare_execution and prepare_job_execution do per job, in one pipeline."""
-        w = self.worker
-        ttl = max(w.get_heartbeat_ttl(j) for j in jobs)
-        executions = []
-        with self.conn.pipeline() as p:
-            w.heartbeat(ttl, pipeline=p)
-            w.set_state(WorkerStatus.BUSY, pipeline=p)
-            for job in jobs:
-                execution = Execution.create(job, ttl, pipeline=p, worker_name=w.name)
-                w.executions[execution.id] = execution
-                executions.append(execution)
-                job.heartbeat(now(), ttl, pipeline=p)
-                job.prepare_for_execution(w.name, pipeline=p)
-                p.persist(job.key)
-                p.lrem(self.queue.intermediate_queue_key, 1, job.id)
-            p.execute()
-        return executions
-
     # -- the call -------------------------------------------------------------------------
-    def _call(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
-        """(ok, result or error text) per job, from one call: the job's function with its
-        arguments, or the batched function with the list of inputs."""
+    def _call(self, jobs: list[Job]) -> list[Outcome]:
+        """An Outcome per job, from one call: the job's function with its arguments, or the
+        batched function with the list of inputs."""
+        if (why := undecodable(self.first)) is not None:  # never batched: a batch's jobs all decoded
+            log.warning("job failed node=%s job=%s error=%s", self.worker.node_id, self.first.id, why)
+            return [Outcome(False, why, final=True)]
         timeout = max(j.timeout or self.queue.DEFAULT_TIMEOUT for j in jobs)
         try:
             with self.worker.death_penalty_class(timeout, JobTimeoutException, job_id=self.first.id):
                 if self.spec is None:
-                    return [(True, self.first.perform())]
+                    return [Outcome(True, self.first.perform())]
                 returned = self.first.func([j.args[0] if j.args else None for j in jobs])
             results = per_job_results(returned, len(jobs))
         except Exception:
             error = "".join(traceback.format_exception(*sys.exc_info()))
             log.warning("job failed node=%s func=%s jobs=%d error=%s", self.worker.node_id, self.first.func_name,
                         len(jobs), error.strip().splitlines()[-1])  # fmt: skip
-            return [(False, error)] * len(jobs)
+            return [Outcome(False, error)] * len(jobs)
         return [
-            (False, "".join(traceback.format_exception(r))) if isinstance(r, BaseException) else (True, r)
+            Outcome(False, "".join(traceback.format_exception(r))) if isinstance(r, BaseException) else Outcome(True, r)
             for r in results
         ]
 
     # -- recording ------------------------------------------------------------------------
-    def _record(self, jobs: list[Job], executions: list[Execution], outcomes: list[tuple[bool, Any]]) -> int:
-        """Each job's result (successes in one pipeline) or failure; late results are dropped.
-        Returns the number of successes recorded."""
-        w = self.worker
+    def _record_through_outages(self, jobs: list[Job], executions: list[Any], outcomes: list[Outcome]) -> int:
+        """Record the outcomes, waiting out a Redis outage rather than losing them: a job that
+        took an hour does not run again because Redis blinked. The fence makes a try idempotent
+        (a job whose record went through before the connection broke has left the started
+        registry, so it is not written twice). After an outage the
+        loop ends (RedisLost) so the slot starts over and gives back anything else it held,
+        such as a next job taken in a transaction whose reply was lost."""
+        recorded: set[str] = set()  # outcomes written (or dropped as late) so far
+        succeeded: set[str] = set()
+        lost: Exception | None = None
+        wait_s = OUTAGE_RETRY_S
         ended = now()
-        stale = w.stale_job_ids(jobs)
-        done = [(j, e, value) for j, e, (ok, value) in zip(jobs, executions, outcomes) if ok and j.id not in stale]
-        for job, execution in zip(jobs, executions):
+        while True:
+            try:
+                self._record(jobs, executions, outcomes, ended, recorded, succeeded)
+                break
+            except REDIS_DOWN as e:
+                if lost is None:
+                    log.error("redis unreachable, outcomes held until it answers node=%s jobs=%d error=%s",
+                              self.worker.node_id, len(jobs) - len(recorded), e)  # fmt: skip
+                lost = e
+                time.sleep(wait_s)
+                wait_s = min(MAX_OUTAGE_RETRY_S, wait_s * 2)
+        if lost is not None:
+            log.info("redis reachable again, outcomes recorded node=%s", self.worker.node_id)
+            self.worker.redis_lost = lost
+            raise RedisLost(str(lost))
+        return len(succeeded)
+
+    def _record(self, jobs: list[Job], executions: list[Any], outcomes: list[Outcome], ended: Any,
+                recorded: set[str], succeeded: set[str]) -> None:  # fmt: skip
+        """Each job's result (successes in one transaction) or failure, each written only if the
+        job is still this run's (late results are dropped). Jobs in `recorded` are done already
+        (an earlier try); the others are added as they are handled, the successes written to
+        `succeeded`."""
+        w = self.worker
+        todo = [(j, e, o) for j, e, o in zip(jobs, executions, outcomes) if j.id not in recorded]
+        for job, _, _ in todo:
             job.ended_at = ended
-            if job.id in stale:
-                w.drop_stale(job, execution)
-        w.record_successes(done)
-        for job, execution, (ok, error) in zip(jobs, executions, outcomes):
-            if not ok and job.id not in stale:
+        done = [(j, e, o.value) for j, e, o in todo if o.ok]
+        late = w.record_successes(done)
+        for job, execution, _ in done:
+            recorded.add(job.id)
+            if job.id in late:
+                w.late(job, execution)
+            else:
+                succeeded.add(job.id)
+        for job, execution, outcome in todo:
+            if not outcome.ok:
                 job._status = JobStatus.FAILED
-                w.handle_job_failure(job, self.queue, exc_string=error, execution=execution)
-        return len(done)
+                w.handle_job_failure(job, self.queue, exc_string=outcome.value, execution=execution,
+                                     retry=not outcome.final)  # fmt: skip
+                recorded.add(job.id)

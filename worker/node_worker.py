@@ -1,15 +1,24 @@
 """NodeWorker: rq's SimpleWorker plus what a fleet node needs around each job.
 
-- counters for the heartbeat (running, completed, failed, service time);
+- taking: jobs move from the node queue into this process's held list (keys.held) by
+  token-checked scripts (take_job, claim_jobs), never by a bare BLMOVE, so a process that was
+  stopped or taken over cannot take what is no longer its node's; an idle worker waits on the
+  node's wake-up list, which the dispatcher fills when it routes jobs here;
+- starting: start_jobs starts only jobs still in the held list (the proof they are still
+  this process's), writing what rq's own start writes;
+- fencing: a result is written only if the job's execution is still in the started registry,
+  that is, nobody handed the job back meanwhile (a node declared dead may finish a job that
+  was already given to another node), checked in the same atomic step as the write
+  (apply_fenced.lua);
 - retries: a failed job with retries left waits out a backoff in the retry schedule, then
   the dispatcher returns it to the ingress, so it can run on any node;
-- fencing: a result is written only if the job is still this node's current attempt (a node
-  declared dead may finish a job that was already handed to another node);
+- Redis outages: any Redis error on this path ends rq's loop quietly (RedisLost); run.work_slot
+  waits for Redis, gives back what this process held, and starts over: one log line per outage;
 - SIGINT/SIGTERM drain the node first (nothing new is routed here), then rq's warm shutdown
   lets the running job finish;
 - lean bookkeeping: each run (a job, or a batch of a task marked @batched) is started and
-  recorded in a few pipelines (job_run.py), not rq's ~20 round trips per job; rq's own
-  worker heartbeat and state writes are skipped when they would change nothing.
+  recorded in a few round trips (job_run.py), not rq's ~20; rq's own worker heartbeat and state
+  writes are skipped when they would change nothing.
 """
 
 from __future__ import annotations
@@ -18,100 +27,174 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+from uuid import uuid4
 
 import redis
+from redis.client import Pipeline
 from rq import Queue, SimpleWorker
-from rq.worker import WorkerStatus
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import utcformat
+from rq.utils import current_timestamp, now, utcformat
+from rq.worker import WorkerStatus
 
+from dispatcher.connection import REDIS_DOWN
 from dispatcher.job import BatchCounter, FleetJob, wake_dispatcher
 from dispatcher.keys import JobField, Keys
+from dispatcher.node_claim import stop_mark
 from dispatcher.retry import may_retry, retry_delay_s
-from dispatcher.scripts import Scripts
+from dispatcher.scripts import FencedWrites, JobStart, Scripts, Taker, read_id
 from dispatcher.settings import Settings
 
 from . import context
+from .interrupts import RedisLost, TakenOver
 from .job_run import JobRun
 from .stats import NodeStats
 
 log = logging.getLogger(__name__)
 
-STOP_DRAIN_MARK = "stopping"  # drain flag value a stopping worker sets (and clears on exit)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 RQ_HEARTBEAT_EVERY_S = 1.0  # rq's worker-registry heartbeat (its TTL is minutes), at most this often
 RQ_SUSPENSION_CHECK_EVERY_S = 1.0  # `rq suspend` is noticed within this long
-
-
-class OutcomeNotRecorded(Exception):
-    """Raised when Redis failed while a job's result was being written: not the job's fault,
-    so it must not count as the job failing. It ends rq's loop; run.work_slot then gives the
-    job back once Redis answers again."""
+IDLE_WAIT_S = 5.0  # an idle worker looks at its queue at least this often, woken or not
 
 
 class NodeWorker(SimpleWorker):
-    """A SimpleWorker bound to one fleet node's queue."""
+    """A SimpleWorker bound to one fleet node's queue, as one of its incarnation's processes."""
 
-    def __init__(self, *args: Any, node_id: str, settings: Settings, stats: NodeStats, slot: int = 0,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(self, *args: Any, node_id: str, settings: Settings, stats: NodeStats, taker: Taker,
+                 slot: int = 0, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.node_id = node_id
         self.fleet_settings = settings
         self.keys = Keys(settings.namespace)
         self.stats = stats
         self.slot = slot
+        self.taker = taker
         self.scripts = Scripts(self.connection, self.keys)
         self._rng = random.Random()
-        self.unfinished_job_ids: set[str] = set()  # jobs started whose outcome is not yet recorded
         self.stop_requested = False  # rq raises StopRequested when idle without keeping a flag
+        self.redis_lost: Exception | None = None  # why the loop ended, when Redis failed under it
+        self.taken_over = False
         self._rq_heartbeat_at = self._suspension_checked_at = float("-inf")
         self._models_reported = 0
-        self._taken: tuple[str, dict[bytes, bytes]] | None = None  # next job, taken with the last one recorded
+        self._taken: tuple[bytes, dict[bytes, bytes]] | None = None  # next job, taken with the last one recorded
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        try:
-            JobRun(self, queue, job).run()
-        finally:
-            warm = context.current().models  # a task may have loaded a model in this slot's process
-            if len(warm) != self._models_reported:
-                self.stats.add_models(warm)
-                self._models_reported = len(warm)
-
+    # -- the loop -------------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
         try:
-            return super().work(*args, **kwargs)
+            return bool(super().work(*args, **kwargs))
+        except RedisLost:  # raised by a guarded call in rq's start (set_state), outside its loop
+            return False
+        except REDIS_DOWN as e:  # rq's start (register_birth, subscribe) talks to Redis
+            self.redis_lost = e
+            return False
         finally:
-            self._put_back_taken()
+            with self._outside_loop():
+                self._put_back_taken()
+
+    def teardown(self) -> None:
+        """rq's goodbye (register_death, unsubscribe) is best effort: Redis may be gone or failing
+        over (redis-py then sometimes reads a transaction's replies short); rq's worker key
+        expires by itself, and the restart gives back what this process held."""
+        try:
+            super().teardown()
+        except redis.RedisError as e:
+            self.redis_lost = self.redis_lost or e
+
+    @contextmanager
+    def _outside_loop(self) -> Iterator[None]:
+        """Redis may be gone while the loop winds down: leave what it could not write to the
+        restart (run.work_slot gives back what this process held)."""
+        try:
+            yield
+        except REDIS_DOWN as e:
+            self.redis_lost = self.redis_lost or e
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """A Redis failure inside rq's loop ends it quietly (RedisLost), never as a job failure."""
+        try:
+            yield
+        except RedisLost:
+            raise
+        except REDIS_DOWN as e:
+            self.redis_lost = e
+            raise RedisLost(str(e)) from e
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """rq's command channel (`rq` shutdown commands): while Redis is away it retries
+        quietly; the loop logs the outage once."""
+        if isinstance(exc, REDIS_DOWN):
+            time.sleep(2.0)
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        with self._guarded():
+            try:
+                JobRun(self, queue, job).run()
+            finally:
+                warm = context.current().models  # a task may have loaded a model in this slot's process
+                if len(warm) != self._models_reported:
+                    self.stats.add_models(warm)
+                    self._models_reported = len(warm)
+
+    def run_maintenance_tasks(self) -> None:
+        with self._guarded():
+            super().run_maintenance_tasks()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:  # fmt: skip
-        """rq's dequeue, unless the transaction that recorded the last job took the next one too
-        (record_successes): then that job, with no round trip."""
-        if self._taken is None:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        (job_id, fields), self._taken = self._taken, None
-        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(fields)
-        job.redis_server_version = self.get_redis_server_version()
-        self.heartbeat()
-        return job, self.queues[0]
+        """The next job: the one the last record took (no round trip), else the head of the node
+        queue, waiting for one to be routed here unless in burst mode (timeout None)."""
+        with self._guarded():
+            if self._taken is None:
+                self.set_state(WorkerStatus.IDLE)
+                self._taken = self._take(wait=timeout is not None)
+                if self._taken is None:
+                    return None
+            (job_id, fields), self._taken = self._taken, None
+            job = self.job_class(read_id(job_id), connection=self.connection, serializer=self.serializer)
+            job.restore(fields)
+            job.redis_server_version = self.get_redis_server_version()
+            self.heartbeat()
+            return job, self.queues[0]
+
+    def _take(self, *, wait: bool) -> tuple[bytes, dict[bytes, bytes]] | None:
+        """Take the node queue's head into the held list, waiting on the node's wake-up list
+        while it is empty (unless not `wait`); None when empty and not waiting."""
+        while True:
+            reply = self.scripts.take_job(self.taker)
+            if reply is None:
+                raise self._taken_over()
+            if reply:
+                job_id, fields = reply
+                if fields:
+                    return job_id, dict(zip(fields[::2], fields[1::2]))
+                log.warning("job data missing, id dropped from the node queue node=%s job=%s", self.node_id,
+                            read_id(job_id))  # fmt: skip
+                continue
+            if not wait or self._stop_requested:
+                return None
+            self.heartbeat()
+            self.connection.blpop([self.taker.wakeup], timeout=IDLE_WAIT_S)
+
+    def _taken_over(self) -> TakenOver:
+        self.taken_over = True
+        log.error("node taken over by another process, this one stops node=%s slot=%d", self.node_id, self.slot)
+        return TakenOver(self.node_id)
 
     def _may_take_next(self) -> bool:
         return not (self.stop_requested or self._stop_requested)
 
     def _put_back_taken(self) -> None:
-        """A job taken but not started (the loop ended) goes back to the head of the node queue;
-        if Redis is down, work_slot hands it back with the unfinished ones."""
-        if self._taken is None:
-            return
-        job_id, self._taken = self._taken[0], None
-        try:
-            self.scripts.put_back_job(self.queues[0].name, job_id)
-        except REDIS_DOWN:
-            self.unfinished_job_ids.add(job_id)
+        """A job taken but not started (the loop ended) goes back to the head of the node queue."""
+        if self._taken is not None:
+            job_id, self._taken = self._taken[0], None
+            self.scripts.put_back_job(self.taker, job_id)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """rq's worker heartbeat, which its loop sends around every job: at most once a second
@@ -120,117 +203,191 @@ class NodeWorker(SimpleWorker):
             if time.monotonic() - self._rq_heartbeat_at < RQ_HEARTBEAT_EVERY_S:
                 return
             self._rq_heartbeat_at = time.monotonic()
-        super().heartbeat(timeout, pipeline)
+        with self._guarded():
+            super().heartbeat(timeout, pipeline)
 
     def check_for_suspension(self, burst: bool) -> None:
         """rq's `rq suspend` check, which its loop makes before every job: once a second."""
         if time.monotonic() - self._suspension_checked_at >= RQ_SUSPENSION_CHECK_EVERY_S:
-            super().check_for_suspension(burst)
+            with self._guarded():
+                super().check_for_suspension(burst)
             self._suspension_checked_at = time.monotonic()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """rq's worker state, written only when it changes (its loop sets idle twice per job)."""
         if pipeline is None and state == self.get_state():
             return
-        super().set_state(state, pipeline)
+        with self._guarded():
+            super().set_state(state, pipeline)
+
+    def set_shutdown_requested_date(self) -> None:
+        with self._outside_loop():  # called from the signal handler: never raise there
+            super().set_shutdown_requested_date()
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_requested = True
-        self.connection.set(self.keys.drain_flag(self.node_id), STOP_DRAIN_MARK, nx=True)
+        with self._outside_loop():
+            self.connection.set(self.keys.drain_flag(self.node_id), stop_mark(self.taker.token), nx=True)
         super().request_stop(signum, frame)
 
-    # -- fencing -------------------------------------------------------------------------
+    # -- starting -------------------------------------------------------------------------
+    def start(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Execution]]:
+        """Start the held `jobs` (rq's prepare_execution and prepare_job_execution, as one
+        start_jobs call with rq's worker bookkeeping, one round trip); the ones started, with
+        their executions. A job no longer held is left out: recovery gave it back meanwhile."""
+        ttl = max(self.get_heartbeat_ttl(j) for j in jobs)
+        at = now()
+        start = JobStart(
+            taker=self.taker, worker=self.name, jobs=[(j.id, uuid4().hex) for j in jobs],
+            started_at=utcformat(at), now_ts=repr(at.timestamp()), ttl_s=ttl,
+            started_score=str(current_timestamp() + ttl), executions_score=str(current_timestamp() + ttl + 60),
+        )  # fmt: skip
+        with self.connection.pipeline(transaction=False) as p:
+            self.heartbeat(ttl, pipeline=p)
+            self.set_state(WorkerStatus.BUSY, pipeline=p)
+            self.scripts.start_jobs(p, start)
+            owner, *flags = p.execute()[-1]
+        if owner == 0:
+            raise self._taken_over()
+        if owner == -1:  # the node's liveness expired (this process was stopped, or Redis away that long)
+            log.warning("node looks dead, jobs put back until its heartbeat returns node=%s jobs=%d", self.node_id,
+                        len(jobs))  # fmt: skip
+            for job in jobs:
+                self.scripts.put_back_job(self.taker, job.id)
+            time.sleep(self.fleet_settings.heartbeat_interval_s)
+            return [], []
+        started, executions = [], []
+        for job, (_, execution_id), flag in zip(jobs, start.jobs, flags):
+            if flag != 1:
+                log.warning("job not started: %s node=%s job=%s", "job data missing" if flag == -1 else
+                            "handed back meanwhile", self.node_id, job.id)  # fmt: skip
+                continue
+            execution = Execution(execution_id, job.id, self.connection, worker_name=self.name)
+            execution.created_at = execution.last_heartbeat = at
+            self.executions[execution.id] = execution
+            job.worker_name, job.started_at, job.last_heartbeat, job._status = self.name, at, at, JobStatus.STARTED
+            started.append(job)
+            executions.append(execution)
+        return started, executions
+
+    # -- recording ------------------------------------------------------------------------
     @staticmethod
     def _attempt(job: Job) -> int:
         """This execution's number: attempts as read at dequeue, plus this one."""
         return int(job.fleet.get(JobField.ATTEMPTS, 0) if isinstance(job, FleetJob) else 0) + 1
 
-    def stale_job_ids(self, jobs: list[Job]) -> set[str]:
-        """The jobs no longer this node's current attempt (one round trip for all of them)."""
-        with self.connection.pipeline(transaction=False) as p:
-            for job in jobs:
-                p.hmget(job.key, JobField.NODE, JobField.ATTEMPTS)
-            found = p.execute()
-        return {
-            job.id
-            for job, (node, attempts) in zip(jobs, found)
-            if (node or b"").decode() != self.node_id or int(attempts or 0) != self._attempt(job)
-        }
-
-    def drop_stale(self, job: Job, execution: Execution | None) -> None:
+    def late(self, job: Job, execution: Execution) -> None:
+        """A result not written: the job had been handed back meanwhile (this node was declared
+        dead, or its new incarnation recovered the job), or its write went through before the
+        connection broke. If the start itself was lost (Redis failed over before it reached the
+        replica), the job is still in the held list: it goes back to the queue."""
         log.warning("late result dropped: job moved on node=%s job=%s attempt=%d", self.node_id, job.id,
                     self._attempt(job))  # fmt: skip
-        with self.connection.pipeline() as p:
-            self.cleanup_execution(job, pipeline=p, execution=execution)
-            p.execute()
+        self.scripts.put_back_job(self.taker, job.id)
 
-    def record_successes(self, done: list[tuple[Job, Execution, Any]]) -> None:
+    def record_successes(self, done: list[tuple[Job, Execution, Any]]) -> set[str]:
         """What rq's handle_job_success leaves behind, for several jobs in one transaction: each
         job finished with its ended_at, its Result, the finished registry, its expiry, its
-        execution gone from the started registry; batch counters and the dispatcher's wake-up
-        once for all. Leaner than rq's per-job path, which re-saves the whole job HASH and
-        handles dependents, repeats and callbacks (gpufleet jobs have none). The same
-        transaction takes the node queue's next job (take_next_job), which the loop then starts
-        without a dequeue round trip of its own."""
+        execution gone from the started registry; batch counters and the dispatcher's wake-up.
+        Leaner than rq's per-job path, which re-saves the whole job HASH and handles dependents,
+        repeats and callbacks (gpufleet jobs have none). Each job's writes are fenced (written
+        only if its execution is still current, in the same atomic step); the same transaction
+        takes the node queue's next job (take_job), which the loop then starts without a
+        dequeue round trip of its own. Returns the ids of the jobs whose results were late."""
         if not done:
-            return
-        finished: Counter[str] = Counter()
-        try:
-            with self.connection.pipeline() as p:
-                for job, execution, value in done:
-                    job._result, job._status = value, JobStatus.FINISHED
-                    ttl = job.get_result_ttl(self.default_result_ttl)
-                    p.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": utcformat(job.ended_at)})
-                    Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=value, worker_name=self.name,
-                                  pipeline=p, execution_id=execution.id, execution_started_at=execution.created_at,
-                                  execution_ended_at=job.ended_at)  # fmt: skip
-                    if ttl:
-                        job.finished_job_registry.add(job, ttl, p)
-                    if ttl and ttl > 0:  # rq's job.cleanup also expires dependents' keys: gpufleet jobs have none
-                        p.expire(job.key, ttl)
-                    self.cleanup_execution(job, pipeline=p, execution=execution)
-                    self.increment_successful_job_count(pipeline=p)
-                    self.increment_total_working_time(job.ended_at - job.started_at, p)
-                    finished[job.batch_id if isinstance(job, FleetJob) else ""] += 1
-                for batch_id, count in finished.items():
-                    if batch_id:
-                        p.hincrby(self.keys.batch_info(batch_id), BatchCounter.FINISHED, count)
-                wake_dispatcher(p, self.keys)
-                self.set_state(WorkerStatus.IDLE, pipeline=p)
-                take = self._may_take_next()
-                if take:
-                    self.scripts.take_next_job(p, self.queues[0].name)
-                taken = p.execute()[-1]
-        except REDIS_DOWN as e:
-            raise OutcomeNotRecorded(str(e)) from e
-        if take and taken and taken[1]:  # a job whose HASH is gone stays in the intermediate list, as with rq
-            self._taken = (taken[0].decode(), dict(zip(taken[1][::2], taken[1][1::2])))
+            return set()
+        writes = FencedWrites(self.connection)
+        for job, execution, value in done:
+            job._result, job._status = value, JobStatus.FINISHED
+            ttl = job.get_result_ttl(self.default_result_ttl)
+            p = writes.group(execution.composite_key)
+            p.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": utcformat(job.ended_at)})
+            Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=value, worker_name=self.name, pipeline=p,
+                          execution_id=execution.id, execution_started_at=execution.created_at,
+                          execution_ended_at=job.ended_at)  # fmt: skip
+            if ttl:
+                job.finished_job_registry.add(job, ttl, p)
+            if ttl and ttl > 0:  # rq's job.cleanup also expires dependents' keys: gpufleet jobs have none
+                p.expire(job.key, ttl)
+            self.increment_successful_job_count(pipeline=p)
+            self.increment_total_working_time(job.ended_at - job.started_at, p)
+            if isinstance(job, FleetJob) and job.batch_id:
+                p.hincrby(self.keys.batch_info(job.batch_id), BatchCounter.FINISHED, 1)
+            self.cleanup_execution(job, pipeline=writes.group(), execution=execution)  # ours, late or not
+        mine = writes.group()
+        wake_dispatcher(mine, self.keys)
+        self.set_state(WorkerStatus.IDLE, pipeline=mine)
+        take = self._may_take_next()
+        with self.connection.pipeline() as p:
+            self.scripts.apply_fenced(p, self.queues[0].name, writes)
+            if take:
+                self.scripts.take_job(self.taker, pipeline=p)
+            replies = p.execute()
+        applied = replies[0][0:2 * len(done):2]  # a job's group, then its cleanup's
+        late = {job.id for (job, _, _), flag in zip(done, applied) if not flag}
+        if take:
+            self._keep_taken(replies[1])
+        return late
+
+    def _keep_taken(self, taken: Any) -> None:
+        if taken is None:
+            raise self._taken_over()
+        if taken and taken[1]:
+            self._taken = (taken[0], dict(zip(taken[1][::2], taken[1][1::2])))
+        elif taken:
+            log.warning("job data missing, id dropped from the node queue node=%s job=%s", self.node_id,
+                        read_id(taken[0]))  # fmt: skip
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
-                           execution: Execution | None = None) -> None:  # fmt: skip
-        if self.stale_job_ids([job]):
-            return self.drop_stale(job, execution)
+                           execution: Execution | None = None, *, retry: bool = True) -> bool:  # fmt: skip
+        """Record a failed run: a retry after a backoff while its retries allow (and `retry`),
+        else the failure for good. Fenced like a success; False when the job had been handed
+        back meanwhile (nothing written). rq calls it too, with no execution: then unfenced."""
         attempt = self._attempt(job)
         retries = int(job.fleet.get(JobField.RETRIES, 0) if isinstance(job, FleetJob) else 0)
-        if self._stopped_job_id != job.id and may_retry(attempt, retries):
-            return self._schedule_retry(job, exc_string, execution, attempt)
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        writes = FencedWrites(self.connection)
+        p = writes.group(execution.composite_key if execution else "")
+        if retry and self._stopped_job_id != job.id and may_retry(attempt, retries):
+            delay_s = self._schedule_retry(p, job, exc_string, execution, attempt)
+        else:
+            delay_s = None
+            self._record_failure(p, job, exc_string, execution)
+        self.cleanup_execution(job, pipeline=writes.group(), execution=execution)
+        with self.connection.pipeline(transaction=False) as run:
+            self.scripts.apply_fenced(run, self.queues[0].name, writes)
+            applied = bool(run.execute()[0][0])
+        if applied and delay_s is not None:
+            log.info("job retry scheduled job=%s attempt=%d in=%.2fs", job.id, attempt, delay_s)
+        if not applied and execution is not None:
+            self.late(job, execution)
+        return applied
 
-    def _schedule_retry(self, job: Job, exc_string: str, execution: Execution | None, attempt: int) -> None:
-        """Record this attempt's error and park the job until its backoff has passed."""
+    def _schedule_retry(self, p: Pipeline, job: Job, exc_string: str, execution: Execution | None,
+                        attempt: int) -> float:  # fmt: skip
+        """Queue on `p` this attempt's error and the job's wait in the retry schedule until its
+        backoff has passed; the backoff."""
         s = self.fleet_settings
         delay_s = retry_delay_s(attempt, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=self._rng)
         priority = job.fleet.get(JobField.PRIORITY, "normal") if isinstance(job, FleetJob) else "normal"
-        with self.connection.pipeline() as p:
-            self.cleanup_execution(job, pipeline=p, execution=execution)
-            Result.create_failure(job, s.result_ttl_s, exc_string=exc_string, worker_name=self.name, pipeline=p,
-                                  execution_id=execution.id if execution else None,
-                                  execution_started_at=execution.created_at if execution else None,
-                                  execution_ended_at=job.ended_at)  # fmt: skip
-            job.set_status(JobStatus.SCHEDULED, pipeline=p)
-            p.hset(job.key, mapping={"origin": self.keys.ingress_queue(priority), JobField.NODE: ""})
-            p.zadd(self.keys.retry_schedule(priority), {job.id: time.time() + delay_s})
-            self.increment_failed_job_count(p)
-            wake_dispatcher(p, self.keys)
-            p.execute()
-        log.info("job retry scheduled job=%s attempt=%d in=%.2fs", job.id, attempt, delay_s)
+        Result.create_failure(job, s.result_ttl_s, exc_string=exc_string, worker_name=self.name, pipeline=p,
+                              execution_id=execution.id if execution else None,
+                              execution_started_at=execution.created_at if execution else None,
+                              execution_ended_at=job.ended_at)  # fmt: skip
+        job.set_status(JobStatus.SCHEDULED, pipeline=p)
+        p.hset(job.key, mapping={"origin": self.keys.ingress_queue(priority), JobField.NODE: ""})
+        p.zadd(self.keys.retry_schedule(priority), {job.id: time.time() + delay_s})
+        self.increment_failed_job_count(p)
+        wake_dispatcher(p, self.keys)
+        return delay_s
+
+    def _record_failure(self, p: Pipeline, job: Job, exc_string: str, execution: Execution | None) -> None:
+        """Queue on `p` what rq's handle_job_failure writes for a job that fails for good
+        (gpufleet jobs have no rq retries, dependents or callbacks)."""
+        job.set_status(JobStatus.FAILED, pipeline=p)
+        job._handle_failure(exc_string, pipeline=p, worker_name=self.name,
+                            execution_id=execution.id if execution else None,
+                            execution_started_at=execution.created_at if execution else None,
+                            execution_ended_at=job.ended_at)  # fmt: skip
+        self.increment_failed_job_count(p)
+        if job.started_at and job.ended_at:
+            self.increment_total_working_time(job.ended_at - job.started_at, p)

@@ -1,28 +1,36 @@
-"""The worker process: an rq SimpleWorker on its node's queue plus the heartbeat thread.
+"""The worker: one node process (heartbeat, claim of the node id, supervision) and its job slots.
 
-SimpleWorker runs jobs in this process (no fork per job), so a model loaded once stays warm
-on the GPU; CUDA would not survive a fork anyway. `--capacity N` runs N slot processes on one
-node; `--gpus` runs one node per GPU (or per group of GPUs), each a supervised child process.
+The node process claims its node id as a new incarnation (dispatcher/node_claim.py), gives back
+what an earlier process of that id left, sends the heartbeat and supervises `capacity` slot
+processes, each an rq SimpleWorker on the node queue. SimpleWorker runs jobs in its own process
+(no fork per job), so a model loaded once stays warm on the GPU; CUDA would not survive a fork
+anyway. Jobs never run in the node process, so a job that holds the GIL cannot stop the
+heartbeat. `--gpus` runs one node process per GPU (or per group of GPUs) under a supervisor.
+
+Every process here rides out Redis going away (a restart, an outage of any length, a
+failover): it waits with backoff, logs one line per outage, and starts over where it stood.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
+import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import redis
 from rq import Queue
 
-from dispatcher.connection import connect
-from dispatcher.health import requeue_node
+from dispatcher.connection import REDIS_DOWN, connect
+from dispatcher.errors import NodeIdInUse, NodeTakenOver
+from dispatcher.health import Leftovers, RequeueReport, recover_node, requeue_node
 from dispatcher.job import SERIALIZER, job_class
 from dispatcher.keys import RQ_QUEUES, Keys
-from dispatcher.scripts import Scripts
+from dispatcher.node_claim import claim_node_id, holder_name, new_incarnation, stop_mark, worker_name
+from dispatcher.scripts import Scripts, Taker
 from dispatcher.settings import Settings
 
 from . import context
@@ -30,13 +38,14 @@ from .gpu import GpuDevice, discover_gpus, make_probe
 from .gpu_nodes import cuda_visible_devices, gpu_node_id, group_gpus, select_gpus
 from .heartbeat import Heartbeat, NodeInfo
 from .metrics import DURATION_BUCKETS_S, serve_worker_metrics
-from .node_worker import STOP_DRAIN_MARK, NodeWorker
+from .node_worker import NodeWorker
 from .stats import NodeStats
 from .supervisor import MAX_RESTART_BACKOFF_S, RESTART_BACKOFF_S, Child, supervise
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOW = ("worker.tasks",)
+EXIT_TAKEN_OVER = 3  # another process runs this node id: stop, and do not restart
 
 
 @dataclass(frozen=True)
@@ -59,36 +68,124 @@ def default_node_id() -> str:
 
 
 def run_worker(settings: Settings, opts: WorkerOptions) -> None:
-    """Serve the node queue until SIGINT/SIGTERM (rq's warm shutdown: running jobs finish).
-
-    A node of capacity N runs N job slots: this process alone when N is 1, else N child
-    processes on the same node queue, restarted if they die; one heartbeat speaks for all.
-    """
+    """Run the node until SIGINT/SIGTERM (each slot's running job finishes first): claim the
+    node id, give back what an earlier process of it left, then heartbeat and supervise the
+    slots. NodeIdInUse when a live process runs the id; NodeTakenOver if one takes it over."""
     r = connect(settings.redis_url)
     keys = Keys(settings.namespace)
+    scripts = Scripts(r, keys)
+    incarnation = new_incarnation()
+    claim_node_id(r, keys, scripts, opts.node_id, incarnation, ttl_s=settings.heartbeat_ttl_s)
+    report = recover_node(r, keys, scripts, settings, opts.node_id)
+    if report != RequeueReport():
+        log.warning("an earlier process of this node left jobs, handed back node=%s requeued=%d retried=%d "
+                    "failed=%d", opts.node_id, report.requeued, report.retried, report.failed)  # fmt: skip
     r.sadd(RQ_QUEUES, Keys.rq_queue(keys.node_queue(opts.node_id)))  # `rq info` lists it before its first job
     stats = NodeStats(slots=opts.capacity, buckets=DURATION_BUCKETS_S)
     if opts.metrics_port:  # from this process: the slots share `stats`, so it sees all of them
         serve_worker_metrics(opts.metrics_port, opts.node_id, stats)
     probe = make_probe(opts.probe, lambda: stats.last_busy_fraction, devices=opts.devices)
-    info = NodeInfo(opts.node_id, capacity=opts.capacity, speed=opts.sim_speed, weight=opts.weight)
-    heartbeat = Heartbeat(r, keys, info, stats, probe,
-                          interval_s=settings.heartbeat_interval_s, ttl_s=settings.heartbeat_ttl_s)  # fmt: skip
-    heartbeat.beat()  # alive before the first job can be routed here
+    info = NodeInfo(opts.node_id, capacity=opts.capacity, speed=opts.sim_speed, weight=opts.weight,
+                    incarnation=incarnation)  # fmt: skip
+    heartbeat = Heartbeat(scripts, info, stats, probe, interval_s=settings.heartbeat_interval_s,
+                          ttl_s=settings.heartbeat_ttl_s,
+                          on_taken_over=lambda: os.kill(os.getpid(), signal.SIGTERM))  # fmt: skip
+    if not heartbeat.beat():  # alive before the first job can be routed here
+        raise NodeTakenOver(opts.node_id)
     heartbeat.start()
-    log.info("worker started node=%s probe=%s speed=%g capacity=%d", opts.node_id, probe.name, opts.sim_speed,
-             opts.capacity)  # fmt: skip
+    log.info("worker started node=%s incarnation=%s probe=%s speed=%g capacity=%d", opts.node_id, incarnation,
+             probe.name, opts.sim_speed, opts.capacity)  # fmt: skip
     try:
-        if opts.capacity == 1:
-            work_slot(settings, opts, stats, 0)
-        else:
-            supervise_slots(settings, opts, stats)
+        final = supervise_slots(settings, opts, stats, incarnation)
     finally:
-        heartbeat.stop()  # liveness gone: the dispatcher hands back whatever is still queued here
-        drain_flag = keys.drain_flag(opts.node_id)
-        if r.get(drain_flag) == STOP_DRAIN_MARK.encode():
-            r.delete(drain_flag)
-        log.info("worker stopped node=%s", opts.node_id)
+        heartbeat.stop()
+        try:  # liveness gone: the dispatcher hands back whatever is still queued here
+            scripts.release_node(keys.alive(opts.node_id), keys.drain_flag(opts.node_id), incarnation,
+                                 stop_mark(incarnation))  # fmt: skip
+        except REDIS_DOWN as e:
+            log.warning("could not release the node, its liveness expires by itself node=%s error=%s", opts.node_id, e)
+    if heartbeat.taken_over or final == EXIT_TAKEN_OVER:
+        raise NodeTakenOver(opts.node_id)
+    log.info("worker stopped node=%s", opts.node_id)
+
+
+def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats, incarnation: str) -> int | None:
+    """Run `capacity` slot processes on the node queue; one that dies has its jobs handed back
+    (running ones retried) and is restarted, until stopped. Returns EXIT_TAKEN_OVER if a slot
+    found the node taken over."""
+    r = connect(settings.redis_url)
+    keys = Keys(settings.namespace)
+    scripts = Scripts(r, keys)
+    level = logging.getLogger().getEffectiveLevel()
+    slots = {f"{opts.node_id}-slot{slot}": slot for slot in range(opts.capacity)}
+    children = [Child(name, work_slot, (settings, opts, stats, slot, incarnation, level)) for name, slot in slots.items()]
+
+    def drain() -> None:  # before the slots hear of it: nothing new is routed here meanwhile
+        try:
+            r.set(keys.drain_flag(opts.node_id), stop_mark(incarnation), nx=True)
+        except REDIS_DOWN:
+            pass
+
+    def hand_back(child: Child, pid: int) -> None:
+        scope = Leftovers.of_holder(keys, opts.node_id, holder_name(incarnation, slots[child.name]))
+        try:
+            report = requeue_node(r, keys, scripts, settings, opts.node_id, scope)
+        except REDIS_DOWN as e:  # the slot gives back what it held itself when it starts again
+            log.error("could not hand back a dead slot's jobs node=%s slot=%s error=%s", opts.node_id, child.name, e)
+            return
+        log.warning("slot process died, its jobs handed back node=%s slot=%s requeued=%d retried=%d failed=%d",
+                    opts.node_id, child.name, report.requeued, report.retried, report.failed)  # fmt: skip
+
+    return supervise(children, burst=opts.burst, on_stop=drain, on_death=hand_back, final_codes=(EXIT_TAKEN_OVER,))
+
+
+def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: int, incarnation: str,
+              log_level: int) -> None:  # fmt: skip
+    """One job slot: an rq SimpleWorker on the node queue, started over whenever its loop ends
+    on a Redis failure. Each start first gives back what this slot held before (a job taken,
+    or started and never recorded), so nothing it had is stranded by the outage."""
+    _configure_logging(log_level)
+    r = connect(settings.redis_url, check=False)
+    keys = Keys(settings.namespace)
+    scripts = Scripts(r, keys)
+    cls = job_class(keys, tuple(opts.allow))
+    queue = Queue(keys.node_queue(opts.node_id), connection=r, serializer=SERIALIZER, job_class=cls)
+    holder = holder_name(incarnation, slot)
+    taker = Taker.of(keys, opts.node_id, holder, incarnation)
+    mine = Leftovers.of_holder(keys, opts.node_id, holder)
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    context.set_current(context.NodeContext(node_id=opts.node_id, sim_speed=opts.sim_speed,
+                                            gpus=tuple(g for g in pinned.split(",") if g)))  # fmt: skip
+    rq_level = logging.getLevelName(logging.getLogger("rq").getEffectiveLevel())
+    backoff_s, down = RESTART_BACKOFF_S, False
+    while True:
+        lost: Exception | None = None
+        try:
+            report = requeue_node(r, keys, scripts, settings, opts.node_id, mine)
+            r.sadd(keys.held_lists(opts.node_id), taker.held)
+            if down:
+                log.info("redis reachable again, slot starts over node=%s slot=%d handed_back=%d", opts.node_id,
+                         slot, report.requeued + report.retried + report.failed)  # fmt: skip
+                down, backoff_s = False, RESTART_BACKOFF_S
+            worker = NodeWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats, slot=slot,
+                                node_id=opts.node_id, settings=settings, taker=taker,
+                                name=worker_name(opts.node_id, holder))  # fmt: skip
+            worker.work(burst=opts.burst, logging_level=rq_level)
+            lost = worker.redis_lost
+        except REDIS_DOWN as e:
+            lost = e
+        else:
+            if worker.taken_over:
+                sys.exit(EXIT_TAKEN_OVER)
+            if lost is None and (worker.stop_requested or opts.burst):
+                return
+        if lost is not None and not down:
+            log.error("redis unreachable, slot waits and starts over node=%s slot=%d error=%s", opts.node_id, slot, lost)
+            down = True
+        elif lost is None:  # rq's loop ended on something it could not handle: it logged it
+            log.warning("worker loop ended, restarting node=%s slot=%d in=%.1fs", opts.node_id, slot, backoff_s)
+        time.sleep(backoff_s)
+        backoff_s = min(MAX_RESTART_BACKOFF_S, backoff_s * 2)
 
 
 def run_gpu_nodes(settings: Settings, opts: WorkerOptions, gpus: str, gpus_per_node: int = 1) -> None:
@@ -106,77 +203,35 @@ def run_gpu_nodes(settings: Settings, opts: WorkerOptions, gpus: str, gpus_per_n
     log.info("gpu nodes starting nodes=%s", ",".join(c.name for c in children))
     r = connect(settings.redis_url)
     keys = Keys(settings.namespace)
+    scripts = Scripts(r, keys)
 
-    def hand_back(child: Child) -> None:
+    def hand_back(child: Child, pid: int) -> None:
         try:
-            r.delete(keys.alive(child.name))  # routing stops now, not when the TTL runs out
-            report = requeue_node(r, keys, Scripts(r, keys), settings, child.name, include_running=True)
+            beat = r.hmget(keys.heartbeat(child.name), "incarnation", "pid")
+            incarnation = (beat[0] or b"").decode()
+            if incarnation and (beat[1] or b"").decode() == str(pid):  # the dead child's, not a successor's
+                scripts.release_node(keys.alive(child.name), keys.drain_flag(child.name), incarnation,
+                                     stop_mark(incarnation))  # routing stops now, not when the TTL runs out
+            report = requeue_node(r, keys, scripts, settings, child.name, Leftovers(queued=True))
             log.warning("node process died, its jobs handed back node=%s requeued=%d retried=%d failed=%d",
                         child.name, report.requeued, report.retried, report.failed)  # fmt: skip
-        except redis.RedisError as e:  # the dispatcher does it once the liveness key expires
+        except REDIS_DOWN as e:  # the dispatcher does it once the liveness key expires
             log.error("could not hand back a dead node's jobs node=%s error=%s", child.name, e)
 
-    supervise(children, burst=opts.burst, on_death=hand_back)
+    supervise(children, burst=opts.burst, on_death=hand_back, done_codes=(EXIT_TAKEN_OVER,))
 
 
 def _serve_node(settings: Settings, opts: WorkerOptions, log_level: int) -> None:
     """The body of one GPU node's process."""
     _configure_logging(log_level)
-    run_worker(settings, opts)
+    try:
+        run_worker(settings, opts)
+    except (NodeIdInUse, NodeTakenOver) as e:  # another process runs this node id: say so, do not restart
+        log.error("%s", e)
+        sys.exit(EXIT_TAKEN_OVER)
 
 
 def _configure_logging(level: int) -> None:
     """A spawned process starts with logging unconfigured: the parent's level and format."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("rq").setLevel(max(level, logging.WARNING))
-
-
-def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: int, log_level: int | None = None) -> None:
-    """One job slot: an rq SimpleWorker on the node queue (the body of each slot process)."""
-    if log_level is not None:
-        _configure_logging(log_level)
-    r = connect(settings.redis_url)
-    keys = Keys(settings.namespace)
-    cls = job_class(keys, tuple(opts.allow))
-    queue = Queue(keys.node_queue(opts.node_id), connection=r, serializer=SERIALIZER, job_class=cls)
-    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    gpus = tuple(g for g in pinned.split(",") if g)
-    context.set_current(context.NodeContext(node_id=opts.node_id, sim_speed=opts.sim_speed, gpus=gpus))
-    backoff_s = RESTART_BACKOFF_S
-    while True:
-        worker = NodeWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats, slot=slot,
-                            node_id=opts.node_id, settings=settings,
-                            name=f"{opts.node_id}.{slot}.{os.getpid()}.{secrets.token_hex(2)}")  # fmt: skip
-        try:
-            worker.work(burst=opts.burst,
-                        logging_level=logging.getLevelName(logging.getLogger("rq").getEffectiveLevel()))  # fmt: skip
-        except redis.RedisError as e:  # rq's teardown talks to Redis too
-            log.error("worker loop broke on a redis error node=%s error=%s", opts.node_id, e)
-        if worker.stop_requested or (opts.burst and not worker.unfinished_job_ids):
-            return
-        # rq's loop ends on an error it cannot handle (Redis gone while a job's outcome was being
-        # written): wait for Redis, give back the job it was running, start over.
-        log.warning("worker loop ended, restarting node=%s slot=%d in=%.1fs", opts.node_id, slot, backoff_s)
-        time.sleep(backoff_s)
-        backoff_s = min(MAX_RESTART_BACKOFF_S, backoff_s * 2)
-        try:
-            r.ping()
-            if worker.unfinished_job_ids:
-                requeue_node(r, keys, Scripts(r, keys), settings, opts.node_id, include_running=True,
-                             only=worker.unfinished_job_ids)  # fmt: skip
-            backoff_s = RESTART_BACKOFF_S
-        except redis.RedisError:
-            continue
-
-
-def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats) -> None:
-    """Run `capacity` slot processes on the node queue; restart one that dies until stopped."""
-    r = connect(settings.redis_url)
-    level = logging.getLogger().getEffectiveLevel()
-    children = [Child(f"{opts.node_id}-slot{slot}", work_slot, (settings, opts, stats, slot, level))
-                for slot in range(opts.capacity)]  # fmt: skip
-
-    def drain() -> None:  # before the slots hear of it: nothing new is routed here meanwhile
-        r.set(Keys(settings.namespace).drain_flag(opts.node_id), STOP_DRAIN_MARK, nx=True)
-
-    supervise(children, burst=opts.burst, on_stop=drain)

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +47,13 @@ def _child_main(child: Child) -> None:
 
 
 def supervise(children: Sequence[Child], *, burst: bool = False, on_stop: Callable[[], None] | None = None,
-              on_death: Callable[[Child], None] | None = None) -> None:  # fmt: skip
+              on_death: Callable[[Child, int], None] | None = None, done_codes: Collection[int] = (),
+              final_codes: Collection[int] = ()) -> int | None:  # fmt: skip
     """Run every child until SIGINT/SIGTERM; a child that dies is restarted after a backoff
-    (0.5 s, doubling to 30 s), once `on_death(child)` has cleaned up after it. With `burst`, a
-    child that exits 0 is done. `on_stop` runs once when a stop signal arrives."""
+    (0.5 s, doubling to 30 s), once `on_death(child, pid)` has cleaned up after it. A child that
+    exits with one of `done_codes` (or 0, with `burst`) is done. `on_stop` runs once when a stop
+    signal arrives. A child that exits with one of `final_codes` stops the others, as a stop
+    signal does; its code is returned (else None)."""
     mp = multiprocessing.get_context("spawn")
     stopping = threading.Event()
 
@@ -73,18 +76,22 @@ def supervise(children: Sequence[Child], *, burst: bool = False, on_stop: Callab
     procs = {c.name: start(c) for c in children}
     backoff_s = dict.fromkeys(procs, RESTART_BACKOFF_S)
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    final: int | None = None
     try:
         while procs:
             for name, p in list(procs.items()):
                 p.join(timeout=0.2)
                 if p.is_alive():
                     continue
-                if stopping.is_set() or (burst and p.exitcode == 0):
+                if p.exitcode in final_codes:
+                    final = p.exitcode
+                    forward(signal.SIGTERM, None)
+                if stopping.is_set() or p.exitcode in done_codes or (burst and p.exitcode == 0):
                     del procs[name]
                     continue
                 log.warning("child died, restarting child=%s exitcode=%s in=%.1fs", name, p.exitcode, backoff_s[name])
                 if on_death:
-                    on_death(by_name[name])
+                    on_death(by_name[name], p.pid or 0)
                 stopping.wait(backoff_s[name])
                 backoff_s[name] = min(MAX_RESTART_BACKOFF_S, backoff_s[name] * 2)
                 if stopping.is_set():
@@ -94,3 +101,4 @@ def supervise(children: Sequence[Child], *, burst: bool = False, on_stop: Callab
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return final

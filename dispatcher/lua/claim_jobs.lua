@@ -1,14 +1,19 @@
--- claim_jobs(keys=[queue, intermediate], args=[job_id_1, job_id_2, ...])
--- A worker taking more jobs for a batch: move each job from its node queue (a LIST) to rq's
--- intermediate list, where rq's own dequeue puts the job it pops, so a worker that dies
--- before starting them leaves them where the health check looks. A job no longer in the
--- queue (handed back, taken by another slot) is skipped. Returns 1 (claimed) or 0 per job.
+-- claim_jobs(keys=[queue, held, alive], args=[token, job_id_1, job_id_2, ...])
+-- A worker taking more jobs for a batch: move each job from its node queue (a LIST) to the
+-- worker's held list, where the job it took first already is, so a worker that dies before
+-- starting them leaves them where recovery looks. A job no longer in the queue (handed back,
+-- taken by another slot) is skipped, and nothing is claimed once `alive` no longer holds
+-- `token`. Returns 1 (claimed) or 0 per job.
 local claimed = {}
-for i, job_id in ipairs(ARGV) do
-    local removed = redis.call("LREM", KEYS[1], 1, job_id)
-    if removed == 1 then
-        redis.call("RPUSH", KEYS[2], job_id)
+local owner = redis.call("GET", KEYS[3]) == ARGV[1]
+for i = 2, #ARGV do
+    local removed = 0
+    if owner then
+        removed = redis.call("LREM", KEYS[1], 1, ARGV[i])
+        if removed == 1 then
+            redis.call("RPUSH", KEYS[2], ARGV[i])
+        end
     end
-    claimed[i] = removed
+    claimed[i - 1] = removed
 end
 return claimed

@@ -4,7 +4,9 @@
 -- only if it is still in its source: a LIST holding job_id or a ZSET holding member. Sets the
 -- job's status, its reason in error_field and ended_at, files it in registry (rq's failed or
 -- canceled ZSET, score = now + ttl_s), lets the job HASH expire after ttl_s, and increments
--- the batch HASH field `counter`. Returns 1 (ended) or 0 (no longer in its source) per job.
+-- the batch HASH field `counter`. A job whose HASH is gone only leaves its source (no stray
+-- HASH is made). Returns 1 (ended), 0 (no longer in its source) or -1 (dropped: no job data)
+-- per job.
 local status, counter, ttl, error_field, ended_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = tonumber(redis.call("TIME")[1])
 local ended = {}
@@ -17,7 +19,9 @@ for i = 1, (#ARGV - 5) / 3 do
     else
         removed = redis.call("LREM", source, 1, job_id)
     end
-    if removed == 1 then
+    if removed == 1 and redis.call("EXISTS", job) == 0 then
+        removed = -1
+    elseif removed == 1 then
         redis.call("HSET", job, "status", status, error_field, reason, "ended_at", ended_at)
         redis.call("ZADD", registry, now + ttl, job_id)
         redis.call("EXPIRE", job, ttl)

@@ -1,4 +1,4 @@
--- move_to_nodes(keys=[ingress, rq_queues, node_queue_1 .. node_queue_k],
+-- move_to_nodes(keys=[ingress, rq_queues, node_queue_1 .. node_queue_k, wakeup_1 .. wakeup_k],
 --               args=[node_field, job_key_prefix, node_of_each_job, queue_name_1, node_id_1 ..
 --                     queue_name_k, node_id_k, job_id_1 .. job_id_n])
 -- Move a batch of job ids from one ingress LIST to node rq queues, in one atomic step.
@@ -7,15 +7,18 @@
 -- job_key_prefix .. id (rq's key). For each job: LREM it from the ingress; if it was there,
 -- RPUSH it onto its node queue, point the rq job's `origin` at that queue (so rq's registries
 -- follow it), record the node in the job field named by node_field, and register the queue in
--- rq's set of queues. A job id no longer in the ingress (cancelled, or moved by another
--- dispatcher) is skipped. Returns an array with 1 (moved) or 0 (skipped) per job, in order.
+-- rq's set of queues; each node that got jobs gets one token in its wake-up list (an idle
+-- worker of it waits on that list, then takes). A job id no longer in the ingress (cancelled, or moved by another
+-- dispatcher) is skipped; an id whose HASH is gone (nothing could ever run it) leaves the
+-- ingress and goes nowhere, so no stray HASH is created for it. Returns an array with 1
+-- (moved), 0 (skipped) or -1 (dropped: no job data) per job, in order.
 --
 -- Same effect in fewer calls: the dispatcher moves the head of the ingress in order, so the
 -- jobs that are still its first elements leave with one LRANGE + LTRIM (what LREM of each, in
 -- turn, would remove), and only the rest are looked for one by one; each node queue gets one
 -- RPUSH of its jobs in argument order, and one SADD registers every queue that got a job.
 local node_field, job_key_prefix, node_of_job = ARGV[1], ARGV[2], ARGV[3]
-local k = #KEYS - 2
+local k = (#KEYS - 2) / 2
 local first_job = 4 + 2 * k  -- ARGV index of job_id_1
 local n = #ARGV - first_job + 1
 local head = redis.call("LRANGE", KEYS[1], 0, n - 1)
@@ -29,7 +32,12 @@ end
 local moved, pushes = {}, {}
 for i = 1, n do
     local job_id = ARGV[first_job + i - 1]
-    if i <= at_head or redis.call("LREM", KEYS[1], 1, job_id) == 1 then
+    local job = job_key_prefix .. job_id
+    if (i > at_head and redis.call("LREM", KEYS[1], 1, job_id) == 0) then
+        moved[i] = 0
+    elseif redis.call("EXISTS", job) == 0 then
+        moved[i] = -1
+    else
         local high, low = string.byte(node_of_job, 2 * i - 1, 2 * i)
         local node = high * 256 + low
         local ids = pushes[node]
@@ -38,10 +46,8 @@ for i = 1, n do
             pushes[node] = ids
         end
         ids[#ids + 1] = job_id
-        redis.call("HSET", job_key_prefix .. job_id, "origin", ARGV[2 + 2 * node], node_field, ARGV[3 + 2 * node])
+        redis.call("HSET", job, "origin", ARGV[2 + 2 * node], node_field, ARGV[3 + 2 * node])
         moved[i] = 1
-    else
-        moved[i] = 0
     end
 end
 local used = {}
@@ -52,6 +58,8 @@ for node = 1, k do
         for first = 1, #ids, 1000 do  -- unpack() is bounded by Lua's C stack
             redis.call("RPUSH", KEYS[2 + node], unpack(ids, first, math.min(first + 999, #ids)))
         end
+        redis.call("RPUSH", KEYS[2 + k + node], 1)
+        redis.call("LTRIM", KEYS[2 + k + node], 0, 0)
     end
 end
 for first = 1, #used, 1000 do

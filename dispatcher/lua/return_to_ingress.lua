@@ -7,7 +7,9 @@
 -- Each returned job is re-homed to the ingress (origin, status queued, node_field cleared, no
 -- expiry: a failed job's HASH had one);
 -- when counter_i is not empty, that field of its batch HASH is decremented (a failed job
--- coming back). Returns 1 (returned) or 0 (no longer in its source) per job, in order.
+-- coming back). A job whose HASH is gone leaves its source and goes nowhere (nothing could
+-- run it; no stray HASH is made). Returns 1 (returned), 0 (no longer in its source) or -1
+-- (dropped: no job data) per job, in order.
 local ingress, ingress_name, at_front, node_field = KEYS[1], ARGV[1], ARGV[2] == "1", ARGV[3]
 local n = (#ARGV - 3) / 3
 local first, last, step = 1, n, 1
@@ -24,7 +26,9 @@ for i = first, last, step do
     else
         removed = redis.call("LREM", source, 1, job_id)
     end
-    if removed == 1 then
+    if removed == 1 and redis.call("EXISTS", job) == 0 then
+        removed = -1
+    elseif removed == 1 then
         if at_front then
             redis.call("LPUSH", ingress, job_id)
         else

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -35,3 +37,30 @@ def gpufleet(url: str, namespace: str, *args: str) -> subprocess.CompletedProces
     """Run the CLI as a user would."""
     return subprocess.run([sys.executable, "-m", "cli", "--redis-url", url, "--namespace", namespace, *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, **FAST_ENV})  # fmt: skip
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (children first found through /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            todo += [int(c) for c in task.read_text().split()]
+    return found
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a worker and its slot processes at once (they run in process groups of their
+    own), as a host crash or an OOM kill of the whole service would."""
+    for p in process_tree(pid):
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def tracebacks(log_dir: str) -> dict[str, int]:
+    """Per process log file under `log_dir` (LocalFleet.log_dir), how many tracebacks it holds."""
+    counts = {f.name: f.read_text(errors="replace").count("Traceback") for f in Path(log_dir).glob("*.log")}
+    return {name: n for name, n in counts.items() if n}

@@ -15,14 +15,15 @@ from dispatcher.models import JobSpec
 from dispatcher.policies import make_policy
 from dispatcher.settings import Settings
 from worker.gpu import Reading
-from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat
+from tests.conftest import write_heartbeat
+from worker.heartbeat import NodeInfo, heartbeat_fields
 from worker.stats import StatsView
 
 
 def test_a_freed_slot_is_filled_at_once_without_an_extra_health_pass(r: redis.Redis, settings: Settings) -> None:
     keys = Keys(settings.namespace)
     fields = heartbeat_fields(NodeInfo("n1"), StatsView(0, 0, 0, 1.0, 0.0), Reading("sim"))
-    send_heartbeat(r, keys, "n1", fields, ttl_s=60)
+    write_heartbeat(r, keys, "n1", fields, ttl_s=60)
     Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(5)])
     now = [0.0]
     d = Dispatcher(r, settings, make_policy(settings.policy), clock=lambda: now[0])

@@ -14,19 +14,23 @@ from dispatcher.settings import Settings
 
 from .test_take_next import NODE, node_worker
 
-BATCHED, PLAIN = "worker.tasks:synthetic_batched", "worker.tasks:synthetic"
+BATCHED, PLAIN = "tests.integration.tasks:three_at_once", "worker.tasks:synthetic"
 
 
 def test_like_jobs_join_the_first_past_the_unlike_ones_which_keep_their_order(
     r: redis.Redis, settings: Settings
 ) -> None:
-    funcs = [BATCHED, PLAIN, BATCHED, *[PLAIN] * 40, BATCHED]  # more unlike jobs than one look fetches (31)
+    """Given three jobs of a batch-of-three task among twelve (more unlike jobs in between than
+    one look fetches: two, what may still join), the first gathers the other two, however
+    slow the machine: the batch is full the moment both are claimed, so its minute-long wait
+    never runs."""
+    funcs = [BATCHED, PLAIN, BATCHED, *[PLAIN] * 8, BATCHED]  # all within the look of 4 x max_size
     keys = Keys(settings.namespace)
     Submitter(r, settings).submit([JobSpec(f, {"cost": 0}) for f in funcs])
     ingress = keys.ingress_queue("normal")
     ids = [i.decode() for i in r.lrange(Keys.rq_queue(ingress), 0, -1)]
     Scripts(r, keys).move_to_nodes(ingress, [(job_id, NODE) for job_id in ids])
-    node_worker(r, settings).work(burst=True)
+    node_worker(r, settings, allow=("worker.tasks", "tests.integration.tasks")).work(burst=True)
     jobs = [Job.fetch(job_id, connection=r, serializer=SERIALIZER) for job_id in ids]
     assert [j.get_status() for j in jobs] == ["finished"] * len(funcs)
     batched = {j.ended_at for j, f in zip(jobs, funcs) if f == BATCHED}

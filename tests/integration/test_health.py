@@ -14,7 +14,8 @@ from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings
 from dispatcher.snapshot import read_nodes
 from worker.gpu import Reading
-from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat
+from tests.conftest import write_heartbeat
+from worker.heartbeat import NodeInfo, heartbeat_fields
 from worker.stats import StatsView
 
 KEYS = Keys()
@@ -26,7 +27,7 @@ def ingress(r: redis.Redis, priority: str = "normal") -> list[str]:
 
 def beat(r: redis.Redis, node_id: str, completed: int = 0, failed: int = 0) -> None:
     fields = heartbeat_fields(NodeInfo(node_id), StatsView(0, completed, failed, 1.0, 0.0), Reading("sim"))
-    send_heartbeat(r, KEYS, node_id, fields, ttl_s=60)
+    write_heartbeat(r, KEYS, node_id, fields, ttl_s=60)
 
 
 def place_on_node(r: redis.Redis, node_id: str, job_ids: list[str], running: dict[str, int]) -> None:

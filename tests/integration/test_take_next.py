@@ -1,5 +1,5 @@
-"""A worker takes its next job in the transaction that records the last one (take_next_job),
-and puts it back when its loop ends before starting it."""
+"""A worker takes its next job in the transaction that records the last one (take_job), and
+puts it back when its loop ends before starting it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from dispatcher.client import Submitter
 from dispatcher.job import SERIALIZER, job_class
 from dispatcher.keys import Keys
 from dispatcher.models import JobSpec
-from dispatcher.scripts import Scripts
+from dispatcher.node_claim import holder_name
+from dispatcher.scripts import Scripts, Taker
 from dispatcher.settings import Settings
 from worker.node_worker import NodeWorker
 from worker.stats import NodeStats
@@ -31,36 +32,46 @@ def jobs_on_node(r: redis.Redis, settings: Settings, count: int) -> list[str]:
     return ids
 
 
-def node_worker(r: redis.Redis, settings: Settings, cls: type[NodeWorker] = NodeWorker) -> NodeWorker:
+def taker(settings: Settings, incarnation: str = "i1") -> Taker:
+    """Slot 0 of incarnation `incarnation` of NODE."""
+    return Taker.of(Keys(settings.namespace), NODE, holder_name(incarnation, 0), incarnation)
+
+
+def node_worker(r: redis.Redis, settings: Settings, cls: type[NodeWorker] = NodeWorker,
+                allow: tuple[str, ...] = ("worker.tasks",)) -> NodeWorker:  # fmt: skip
+    """A worker of NODE, which it holds (as claim_node_id leaves the liveness key)."""
     keys = Keys(settings.namespace)
-    fleet_job = job_class(keys, ("worker.tasks",))
+    fleet_job = job_class(keys, allow)
     queue = Queue(keys.node_queue(NODE), connection=r, serializer=SERIALIZER, job_class=fleet_job)
+    t = taker(settings)
+    r.set(t.alive, t.token)
     return cls([queue], connection=r, serializer=SERIALIZER, job_class=fleet_job, stats=NodeStats(), node_id=NODE,
-               settings=settings)  # fmt: skip
+               settings=settings, taker=t)  # fmt: skip
 
 
 def ids_in(r: redis.Redis, key: str) -> list[str]:
     return [i.decode() for i in r.lrange(key, 0, -1)]
 
 
-def test_each_recorded_job_brings_the_next_so_rq_dequeues_only_the_first(
+def test_each_recorded_job_brings_the_next_so_only_the_first_is_taken_alone(
     r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = jobs_on_node(r, settings, 3)
-    dequeues = []
-    real = Queue.dequeue_any.__func__  # type: ignore[attr-defined]
+    alone = []
+    real = Scripts.take_job
 
-    def counting(cls: type[Queue], *args: Any, **kwargs: Any) -> Any:
-        dequeues.append(1)
-        return real(cls, *args, **kwargs)
+    def counting(self: Scripts, taker: Taker, pipeline: Any = None) -> Any:
+        if pipeline is None:
+            alone.append(1)
+        return real(self, taker, pipeline)
 
-    monkeypatch.setattr(Queue, "dequeue_any", classmethod(counting))
+    monkeypatch.setattr(Scripts, "take_job", counting)
     worker = node_worker(r, settings)
     worker.work(burst=True)
-    assert len(dequeues) == 2  # the first job, then the empty queue that ends the burst
+    assert len(alone) == 2  # the first job, then the empty queue that ends the burst
     assert [Job.fetch(i, connection=r, serializer=SERIALIZER).return_value() for i in ids] == [0, 1, 2]
     queue = worker.queues[0]
-    assert ids_in(r, queue.key) == [] and ids_in(r, queue.intermediate_queue_key) == []
+    assert ids_in(r, queue.key) == [] and ids_in(r, worker.taker.held) == []
     assert queue.started_job_registry.get_job_ids() == []
 
 
@@ -80,8 +91,8 @@ def test_a_taken_job_goes_back_to_the_head_of_the_queue_when_the_loop_ends_first
     worker.work(burst=True)
     queue = worker.queues[0]
     assert ids_in(r, queue.key) == ids[1:]  # in order, the taken one first
-    assert ids_in(r, queue.intermediate_queue_key) == []
+    assert ids_in(r, worker.taker.held) == []
     assert Job.fetch(ids[0], connection=r, serializer=SERIALIZER).get_status() == "finished"
     assert Job.fetch(ids[1], connection=r, serializer=SERIALIZER).get_status() == "queued"
-    assert not Scripts(r, Keys(settings.namespace)).put_back_job(queue.name, ids[1])  # no longer taken: left alone
+    assert not Scripts(r, Keys(settings.namespace)).put_back_job(worker.taker, ids[1])  # no longer taken: left alone
     assert ids_in(r, queue.key) == ids[1:]

@@ -15,7 +15,8 @@ from dispatcher.keys import Keys
 from dispatcher.redis_server import free_port
 from dispatcher.status import read_status
 from worker.gpu import NvmlProbe
-from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat
+from tests.conftest import write_heartbeat
+from worker.heartbeat import NodeInfo, heartbeat_fields
 from worker.stats import StatsView
 
 from .fake_nvml import FakeGpu, FakeNvml, mig_gpu
@@ -87,7 +88,7 @@ def test_status_shows_each_gpu_the_heartbeat_reported() -> None:
     probe = NvmlProbe(nvml)
     nvml.gpus[1].lost = True
     r, keys = fakeredis.FakeRedis(), Keys("t")
-    send_heartbeat(r, keys, "gpu-host-1", heartbeat_fields(NodeInfo("gpu-host-1"), StatsView(0, 0, 0, 1.0, 0.0),
+    write_heartbeat(r, keys, "gpu-host-1", heartbeat_fields(NodeInfo("gpu-host-1"), StatsView(0, 0, 0, 1.0, 0.0),
                                                            probe.read()), ttl_s=5)  # fmt: skip
     record = read_status(r, keys)
     [node] = record["nodes"]

@@ -8,7 +8,8 @@ import fakeredis
 from dispatcher.keys import Keys
 from dispatcher.snapshot import NodeReader, read_nodes, read_nodes_per_key
 from worker.gpu import GpuReading, Reading
-from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat
+from tests.conftest import write_heartbeat
+from worker.heartbeat import NodeInfo, heartbeat_fields
 from worker.stats import StatsView
 
 KEYS = Keys("t")
@@ -17,7 +18,7 @@ KEYS = Keys("t")
 def beat(r: fakeredis.FakeRedis, node_id: str, completed: int, now_s: float, keys: Keys = KEYS) -> None:
     reading = Reading.aggregate("nvml", (GpuReading(0, "H200", 0.5, 40, 140),))
     view = StatsView(running=1, completed=completed, failed=0, service_time_s=0.2, busy_fraction=0.5)
-    send_heartbeat(r, keys, node_id, heartbeat_fields(NodeInfo(node_id), view, reading, now_s=now_s), ttl_s=5)
+    write_heartbeat(r, keys, node_id, heartbeat_fields(NodeInfo(node_id), view, reading, now_s=now_s), ttl_s=5)
 
 
 def test_a_cached_read_matches_a_full_read_as_the_fleet_changes() -> None:

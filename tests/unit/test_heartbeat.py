@@ -9,7 +9,8 @@ import pytest
 from dispatcher.keys import Keys
 from dispatcher.snapshot import read_nodes
 from worker.gpu import CpuProbe, GpuReading, NvmlProbe, Reading, make_probe
-from worker.heartbeat import NodeInfo, heartbeat_fields, send_heartbeat
+from tests.conftest import write_heartbeat
+from worker.heartbeat import NodeInfo, heartbeat_fields
 from worker.stats import NodeStats, StatsView
 
 KEYS = Keys("t")
@@ -20,7 +21,7 @@ def test_a_heartbeat_is_read_back_as_the_node_it_describes() -> None:
     reading = Reading.aggregate("nvml", (GpuReading(0, "H200", 0.5, 40, 140), GpuReading(1, "H200", 1.0, 100, 140)))
     view = StatsView(running=0, completed=10, failed=2, service_time_s=0.3, busy_fraction=0.9)
     fields = heartbeat_fields(NodeInfo("n1", capacity=2, speed=1.5), view, reading, models=("llama",), now_s=100.0)
-    send_heartbeat(r, KEYS, "n1", fields, ttl_s=5)
+    write_heartbeat(r, KEYS, "n1", fields, ttl_s=5)
     r.rpush(Keys.rq_queue(KEYS.node_queue("n1")), "j1", "j2")
     r.zadd(Keys.rq_started(KEYS.node_queue("n1")), {"j0:exec": 9e9})  # started since the heartbeat
 
@@ -35,7 +36,7 @@ def test_a_heartbeat_is_read_back_as_the_node_it_describes() -> None:
 def test_a_node_whose_liveness_key_is_gone_reads_as_dead() -> None:
     r = fakeredis.FakeRedis()
     fields = heartbeat_fields(NodeInfo("n1"), StatsView(0, 0, 0, 1.0, 0.0), Reading("cpu"))
-    send_heartbeat(r, KEYS, "n1", fields, ttl_s=5)
+    write_heartbeat(r, KEYS, "n1", fields, ttl_s=5)
     r.delete(KEYS.alive("n1"))
     assert [n.alive for n in read_nodes(r, KEYS)] == [False]
 

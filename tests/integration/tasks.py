@@ -1,0 +1,47 @@
+"""Tasks the process-level tests run beside the built-in ones (workers started with
+`--allow tests.integration.tasks`, or NodeWorkers built with it allowed)."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import redis
+
+from dispatcher.health import Leftovers, requeue_node
+from dispatcher.keys import Keys
+from dispatcher.scripts import Scripts
+from dispatcher.settings import Settings
+from worker import context
+from worker.batching import batched
+
+
+@batched(max_size=3, max_wait_ms=60_000)
+def three_at_once(inputs: list[Any]) -> list[Any]:
+    """A batch of exactly three: the gather stops as soon as it has them, so a test of which
+    jobs join never depends on how long the machine takes to look (the wait is a minute)."""
+    return inputs
+
+
+def hold_gil(seconds: int) -> str:
+    """Sleep in C without releasing the GIL (ctypes.PyDLL keeps it held), as a catastrophic
+    regular expression or a long C extension call does: no other thread of this process runs."""
+    ctypes.PyDLL(None).sleep(seconds)
+    return "held"
+
+
+def handed_back_while_running(spec: dict[str, Any]) -> str:
+    """While this job runs, its node's jobs are handed back, as the dispatcher does for a node
+    it has declared dead (the job goes back to the ingress; its execution leaves the started
+    registry). Input: {"redis_url", "namespace"}. The result this run returns is late."""
+    settings = Settings(redis_url=spec["redis_url"], namespace=spec["namespace"])
+    r, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.namespace)
+    node_id = context.current().node_id
+    requeue_node(r, keys, Scripts(r, keys), settings, node_id, Leftovers(queued=True))
+    return "late"
+
+
+def handed_back_then_fails(spec: dict[str, Any]) -> None:
+    """handed_back_while_running, then raise: the late failure (or retry) must not be written."""
+    handed_back_while_running(spec)
+    raise RuntimeError("a late failure")
