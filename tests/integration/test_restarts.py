@@ -6,9 +6,9 @@ node look dead. Real worker and dispatcher processes, kill -9, SIGSTOP."""
 from __future__ import annotations
 
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -20,7 +20,7 @@ from dispatcher.results import read_progress
 from dispatcher.snapshot import read_nodes
 from worker.fleet import LocalFleet, SimNode
 
-from .support import FAST_ENV, gpufleet, kill_tree, process_tree, tracebacks, wait_until
+from .support import gpufleet, kill_tree, local_fleet, process_tree, tracebacks, wait_until
 from .test_failures import cheap, finish, start, submit
 
 NS = "fail"  # test_failures' helpers work in this namespace
@@ -28,14 +28,9 @@ KEYS = Keys(NS)
 
 
 @pytest.fixture
-def fleet(redis_server: RedisServer) -> Iterator[LocalFleet]:
-    with tempfile.TemporaryDirectory(prefix="gpufleet-logs-") as logs:
-        f = LocalFleet(redis_server.url, namespace=NS, env=FAST_ENV, log_dir=logs)
-        redis.Redis.from_url(redis_server.url).flushdb()
-        try:
-            yield f
-        finally:
-            f.stop()
+def fleet(redis_server: RedisServer, tmp_path: Path) -> Iterator[LocalFleet]:
+    with local_fleet(redis_server.url, NS, log_dir=str(tmp_path)) as f:
+        yield f
 
 
 def leftovers(r: redis.Redis, node_id: str) -> dict[str, int]:
