@@ -4,10 +4,14 @@ hands its node's jobs back while it runs, as the dispatcher does for a node decl
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import redis
 from rq.job import Job
 
 from dispatcher.client import Submitter
+from dispatcher.health import Leftovers, requeue_node
 from dispatcher.job import SERIALIZER
 from dispatcher.keys import Keys
 from dispatcher.models import JobSpec
@@ -15,6 +19,7 @@ from dispatcher.results import iter_results, read_progress
 from dispatcher.scripts import Scripts
 from dispatcher.settings import Settings
 from worker import context
+from worker.node_worker import NodeWorker
 
 from .test_take_next import NODE, node_worker
 
@@ -44,6 +49,28 @@ def test_a_result_that_comes_back_after_its_job_was_handed_back_is_dropped(r: re
     assert [i.decode() for i in r.lrange(Keys.rq_queue(keys.ingress_queue("normal")), 0, -1)] == [job_id]
     assert read_progress(r, keys, batch).finished == 0
     assert r.xlen(Keys.rq_results(job_id)) == 0  # no Result of the late run
+
+
+def test_a_hand_back_just_before_the_write_still_drops_the_result(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a job handed back after it ran but before its result is written (the worker was
+    stopped, or slow, in between), the result is still dropped: the write itself checks that
+    the job is still this run's, so no pause between a check and the write lets it through."""
+    batch = Submitter(r, settings).submit([JobSpec("worker.tasks:echo", "result")]).batch_id
+    [job_id] = routed_to(r, settings, NODE)
+    keys = Keys(settings.namespace)
+    write = NodeWorker.record_successes
+
+    def handed_back_first(self: NodeWorker, done: Any) -> Any:
+        requeue_node(r, keys, Scripts(r, keys), settings, NODE, Leftovers(queued=True))
+        return write(self, done)
+
+    monkeypatch.setattr(NodeWorker, "record_successes", handed_back_first)
+    node_worker(r, settings).work(burst=True)
+
+    assert Job.fetch(job_id, connection=r, serializer=SERIALIZER).get_status() == "queued"
+    assert read_progress(r, keys, batch).finished == 0 and r.xlen(Keys.rq_results(job_id)) == 0
 
 
 def test_a_late_failure_schedules_no_retry_and_fails_nothing(r: redis.Redis, settings: Settings) -> None:
