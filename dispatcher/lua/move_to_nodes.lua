@@ -32,22 +32,27 @@ end
 local moved, pushes = {}, {}
 for i = 1, n do
     local job_id = ARGV[first_job + i - 1]
-    local job = job_key_prefix .. job_id
     if (i > at_head and redis.call("LREM", KEYS[1], 1, job_id) == 0) then
         moved[i] = 0
-    elseif redis.call("EXISTS", job) == 0 then
-        moved[i] = -1
     else
         local high, low = string.byte(node_of_job, 2 * i - 1, 2 * i)
         local node = high * 256 + low
-        local ids = pushes[node]
-        if ids == nil then
-            ids = {}
-            pushes[node] = ids
+        local job = job_key_prefix .. job_id
+        -- HSET adds both fields only to a HASH without `origin` (rq writes it for every job):
+        -- then, if they are all it holds, HSET has just made it, and there was no job
+        if redis.call("HSET", job, "origin", ARGV[2 + 2 * node], node_field, ARGV[3 + 2 * node]) == 2
+                and redis.call("HLEN", job) == 2 then
+            redis.call("DEL", job)
+            moved[i] = -1
+        else
+            local ids = pushes[node]
+            if ids == nil then
+                ids = {}
+                pushes[node] = ids
+            end
+            ids[#ids + 1] = job_id
+            moved[i] = 1
         end
-        ids[#ids + 1] = job_id
-        redis.call("HSET", job, "origin", ARGV[2 + 2 * node], node_field, ARGV[3 + 2 * node])
-        moved[i] = 1
     end
 end
 local used = {}
