@@ -116,6 +116,7 @@ def read_status(r: Redis, keys: Keys) -> dict[str, Any]:
                 "capacity": n.capacity,
                 "service_time_s": round(n.service_time_s, 6),
                 "heartbeat_age_s": round(n.heartbeat_age_s, 3),
+                "incarnation": n.incarnation or None,
                 "gpu_count": n.gpu_count,
                 "gpu_name": n.gpu_name,
                 "models": list(n.models),

@@ -14,7 +14,7 @@ from cli.render import percentile, render_gpus, render_latency_table, render_sta
 from dispatcher.keys import Keys
 from dispatcher.redis_server import free_port
 from dispatcher.status import read_status
-from worker.gpu import NvmlProbe
+from worker.gpu import NvmlProbe, Reading
 from tests.conftest import write_heartbeat
 from worker.heartbeat import NodeInfo, heartbeat_fields
 from worker.stats import StatsView
@@ -102,6 +102,16 @@ def test_status_shows_each_gpu_the_heartbeat_reported() -> None:
     assert lines[2].split() == ["gpu0", "NVIDIA", "H200", "93%", "70.5/141.0", "GiB", "45C", "312/700W"]
     assert lines[3].split()[:4] == ["gpu1", "NVIDIA", "H200", "-"] and "UNHEALTHY: NVML error: GPU is lost" in lines[3]
     assert lines[4].split() == ["gpu2:0", "NVIDIA", "A100-SXM4-80GB", "MIG", "1g.10gb", "-", "1.0/9.8", "GiB", "-", "-"]
+
+
+def test_status_names_the_process_running_each_live_node() -> None:
+    """`status --json` gives each node's incarnation (its liveness key's value), null once dead."""
+    r, keys = fakeredis.FakeRedis(), Keys("t")
+    for node_id in ("a", "b"):
+        write_heartbeat(r, keys, node_id, heartbeat_fields(NodeInfo(node_id), StatsView(0, 0, 0, 1.0, 0.0),
+                                                           Reading("sim")), ttl_s=5, incarnation=f"inc-{node_id}")  # fmt: skip
+    r.delete(keys.alive("b"))
+    assert [(n["node"], n["incarnation"]) for n in read_status(r, keys)["nodes"]] == [("a", "inc-a"), ("b", None)]
 
 
 def test_gpu_lines_line_up_and_say_what_a_gpu_does_not_report() -> None:
