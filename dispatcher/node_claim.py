@@ -111,7 +111,7 @@ def claim_node_id(r: Redis, keys: Keys, scripts: Scripts, node_id: str, incarnat
     me = me or ProcessIdentity()
     alive, ttl_ms = keys.alive(node_id), int(ttl_s * 1000)
     claimed, holder = scripts.claim_node(alive, incarnation, ttl_ms)
-    if claimed:
+    if claimed or holder == incarnation:  # ours already: a claim tried again after Redis went away
         return
     beat = _heartbeat(r, keys, node_id)
     if beat.get("incarnation") == holder and me.sees_dead(beat):

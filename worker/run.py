@@ -19,9 +19,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
+from redis import Redis
 from rq import Queue
 
 from dispatcher.connection import REDIS_DOWN, connect
@@ -45,6 +47,7 @@ from .supervisor import MAX_RESTART_BACKOFF_S, RESTART_BACKOFF_S, Child, supervi
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOW = ("worker.tasks",)
+T = TypeVar("T")
 EXIT_TAKEN_OVER = 3  # another process runs this node id: stop, and do not restart
 
 
@@ -71,16 +74,14 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     """Run the node until SIGINT/SIGTERM (each slot's running job finishes first): claim the
     node id, give back what an earlier process of it left, then heartbeat and supervise the
     slots. NodeIdInUse when a live process runs the id; NodeTakenOver if one takes it over."""
-    r = connect(settings.redis_url)
+    r = connect(settings.redis_url)  # an unreachable Redis at the start is a message: a wrong URL, most likely
     keys = Keys(settings.namespace)
     scripts = Scripts(r, keys)
     incarnation = new_incarnation()
-    claim_node_id(r, keys, scripts, opts.node_id, incarnation, ttl_s=settings.heartbeat_ttl_s)
-    report = recover_node(r, keys, scripts, settings, opts.node_id)
+    report = _once_redis_answers(opts.node_id, lambda: _claim(r, keys, scripts, settings, opts.node_id, incarnation))
     if report != RequeueReport():
         log.warning("an earlier process of this node left jobs, handed back node=%s requeued=%d retried=%d "
                     "failed=%d", opts.node_id, report.requeued, report.retried, report.failed)  # fmt: skip
-    r.sadd(RQ_QUEUES, Keys.rq_queue(keys.node_queue(opts.node_id)))  # `rq info` lists it before its first job
     stats = NodeStats(slots=opts.capacity, buckets=DURATION_BUCKETS_S)
     if opts.metrics_port:  # from this process: the slots share `stats`, so it sees all of them
         serve_worker_metrics(opts.metrics_port, opts.node_id, stats)
@@ -90,7 +91,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     heartbeat = Heartbeat(scripts, info, stats, probe, interval_s=settings.heartbeat_interval_s,
                           ttl_s=settings.heartbeat_ttl_s,
                           on_taken_over=lambda: os.kill(os.getpid(), signal.SIGTERM))  # fmt: skip
-    if not heartbeat.beat():  # alive before the first job can be routed here
+    if not _once_redis_answers(opts.node_id, heartbeat.beat):  # alive before the first job can be routed here
         raise NodeTakenOver(opts.node_id)
     heartbeat.start()
     log.info("worker started node=%s incarnation=%s probe=%s speed=%g capacity=%d", opts.node_id, incarnation,
@@ -109,11 +110,35 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     log.info("worker stopped node=%s", opts.node_id)
 
 
+def _claim(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str, incarnation: str) -> RequeueReport:
+    """Claim the node id, give back what earlier processes of it left, and list its queue for
+    `rq info` before its first job."""
+    claim_node_id(r, keys, scripts, node_id, incarnation, ttl_s=settings.heartbeat_ttl_s)
+    report = recover_node(r, keys, scripts, settings, node_id)
+    r.sadd(RQ_QUEUES, Keys.rq_queue(keys.node_queue(node_id)))
+    return report
+
+
+def _once_redis_answers(node_id: str, step: Callable[[], T]) -> T:
+    """`step()`, tried again with backoff while Redis is away (one log line for the outage):
+    a worker starting as Redis restarts waits for it rather than exiting."""
+    backoff_s, down = RESTART_BACKOFF_S, False
+    while True:
+        try:
+            return step()
+        except REDIS_DOWN as e:
+            if not down:
+                log.error("redis unreachable, the worker waits to start node=%s error=%s", node_id, e)
+                down = True
+            time.sleep(backoff_s)
+            backoff_s = min(MAX_RESTART_BACKOFF_S, backoff_s * 2)
+
+
 def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats, incarnation: str) -> int | None:
     """Run `capacity` slot processes on the node queue; one that dies has its jobs handed back
     (running ones retried) and is restarted, until stopped. Returns EXIT_TAKEN_OVER if a slot
     found the node taken over."""
-    r = connect(settings.redis_url)
+    r = connect(settings.redis_url, check=False)
     keys = Keys(settings.namespace)
     scripts = Scripts(r, keys)
     level = logging.getLogger().getEffectiveLevel()
