@@ -4,8 +4,8 @@ One private redis-server (free loopback port), a real `gpufleet dispatcher` and 
 `gpufleet worker --probe sim` (capacity 1), started with `LocalFleet` before the clock
 starts. Each trial submits N jobs of a simulated inference and times submit -> all done:
 
-- unbatched: `worker.tasks:synthetic`, one call per job, each `cost + item_cost` seconds;
-- batched:   `worker.tasks:synthetic_batched` (@batched max_size=32, max_wait_ms=5), one call
+- unbatched: `gpufleet.worker.tasks:synthetic`, one call per job, each `cost + item_cost` seconds;
+- batched:   `gpufleet.worker.tasks:synthetic_batched` (@batched max_size=32, max_wait_ms=5), one call
   per batch, `max(cost) + sum(item_cost)` seconds: a forward pass has a fixed cost and a
   small cost per input, which is why GPUs batch.
 
@@ -32,18 +32,18 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from dispatcher.client import Submitter  # noqa: E402
-from dispatcher.keys import Keys  # noqa: E402
-from dispatcher.models import JobSpec  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.results import iter_results, read_progress  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from worker.batching import batch_spec  # noqa: E402
-from worker.fleet import LocalFleet, SimNode  # noqa: E402
-from worker.tasks import synthetic_batched  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
+from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
+from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.client.results import iter_results, read_progress  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.worker.batching import batch_spec  # noqa: E402
+from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
+from gpufleet.worker.tasks import synthetic_batched  # noqa: E402
 
 NS = "bench"
-KINDS = {"unbatched": "worker.tasks:synthetic", "batched": "worker.tasks:synthetic_batched"}
+KINDS = {"unbatched": "gpufleet.worker.tasks:synthetic", "batched": "gpufleet.worker.tasks:synthetic_batched"}
 
 
 def trial(r: Redis, settings: Settings, func: str, n: int, cost: float, item_cost: float) -> tuple[float, float]:

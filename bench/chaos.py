@@ -4,9 +4,9 @@ Each scenario runs on its own private redis-server (`RedisServer(appendonly=True
 args=["--appendfsync", "always"])`; a Sentinel group's master gets `CONFIG SET appendfsync
 always`, so an acknowledged write survives a kill -9), with one dispatcher (two, active +
 standby, for kill-dispatcher) and 4 sim workers started as `gpufleet worker --allow
-worker.chaos_tasks` (LocalFleet, with fast liveness: heartbeat 0.2 s, TTL 1 s, lease 1 s;
+gpufleet.worker.chaos_tasks` (LocalFleet, with fast liveness: heartbeat 0.2 s, TTL 1 s, lease 1 s;
 kill-worker-same-id uses 0.5 s / 3 s, so the restarted process is up before the old one's
-liveness key expires). It submits --jobs jobs of `worker.chaos_tasks:record` (each appends a
+liveness key expires). It submits --jobs jobs of `gpufleet.worker.chaos_tasks:record` (each appends a
 line to a log file outside Redis, then sleeps 0 to --cost-max seconds) and injects its fault
 --faults times, each when a random share (5-60%, seeded by --seed) of the batch has ended.
 
@@ -51,15 +51,15 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 import chaos_faults as faults  # noqa: E402
 from chaos_checks import examine, tracebacks  # noqa: E402
 from chaos_faults import KEYS, NS, POLL_S, TTL_S, ChaosFleet, Options, Trial, wait_for  # noqa: E402
-from dispatcher.client import Submitter  # noqa: E402
-from dispatcher.connection import REDIS_DOWN, connect  # noqa: E402
-from dispatcher.models import JobSpec  # noqa: E402
-from dispatcher.redis_server import RedisServer, SentinelGroup  # noqa: E402
-from dispatcher.results import read_progress  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from worker.chaos_tasks import LOG_ENV  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
+from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect  # noqa: E402
+from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup  # noqa: E402
+from gpufleet.dispatcher.client.results import read_progress  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.worker.chaos_tasks import LOG_ENV  # noqa: E402
 
-TASK = "worker.chaos_tasks:record"
+TASK = "gpufleet.worker.chaos_tasks:record"
 # Fast liveness, retries and failover (the integration tests' FAST_ENV), so faults heal in seconds.
 ENV = {
     "GPUFLEET_HEARTBEAT_INTERVAL_S": "0.2",

@@ -40,10 +40,10 @@ from redis import Redis
 from rq.results import Result
 
 from chaos_faults import KEYS, Trial, retry, slot_pids
-from dispatcher.connection import REDIS_DOWN
-from dispatcher.job import SERIALIZER
-from dispatcher.keys import RQ_QUEUES, JobField, Keys
-from dispatcher.results import iter_results, last_line, read_progress
+from gpufleet.dispatcher.store.connection import REDIS_DOWN
+from gpufleet.dispatcher.store.job import SERIALIZER
+from gpufleet.dispatcher.store.keys import RQ_QUEUES, JobField, Keys
+from gpufleet.dispatcher.client.results import iter_results, last_line, read_progress
 
 FINAL = ("finished", "failed", "canceled")
 FINAL_PREFIX = {b"rq:finished:": "finished", b"rq:failed:": "failed", b"rq:canceled:": "canceled"}

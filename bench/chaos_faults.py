@@ -41,14 +41,14 @@ from redis import Redis
 from rq.job import Job
 from rq.utils import now, utcformat
 
-from dispatcher.client import new_job_ids
-from dispatcher.connection import REDIS_DOWN
-from dispatcher.keys import RQ_QUEUES, Keys
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import new_job_ids
+from gpufleet.dispatcher.store.connection import REDIS_DOWN
+from gpufleet.dispatcher.store.keys import RQ_QUEUES, Keys
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 NS = "chaos"
 KEYS = Keys(NS)
-ALLOW = ("--allow", "worker.chaos_tasks")
+ALLOW = ("--allow", "gpufleet.worker.chaos_tasks")
 TTL_S = 1.0
 POLL_S = 0.05
 
@@ -386,7 +386,7 @@ def bad_payloads(t: Trial) -> str:
         no_hash = next(ids)
         pushed.append((queue, no_hash, f"no HASH @ {where}"))
         pickled = next(ids)  # rq's default serializer: a worker must refuse it, never unpickle it
-        job = Job.create("worker.chaos_tasks.record", args=({"i": -1},), connection=t.r, id=pickled, origin=queue)
+        job = Job.create("gpufleet.worker.chaos_tasks.record", args=({"i": -1},), connection=t.r, id=pickled, origin=queue)
         job.save()
         t.r.hset(job.key, "status", "queued")
         pushed.append((queue, pickled, f"pickle @ {where}"))

@@ -3,7 +3,7 @@
 Routing rate. A private loopback redis-server (`RedisServer`, a free port: the Redis on 6379 is
 never touched) holds 16 nodes that sent one heartbeat each (the fields `worker.heartbeat`
 writes, liveness TTL long enough for the run) and N jobs already submitted to the normal
-ingress (`Submitter.enqueue`, worker.tasks:echo). No worker consumes. The real
+ingress (`Submitter.enqueue`, gpufleet.worker.tasks:echo). No worker consumes. The real
 `dispatcher.loop.Dispatcher` (default policy, shortest-expected-delay) then runs
 `dispatch_once` until every job has moved, snapshot refreshes included (every
 `snapshot_interval_s`, as in the loop); jobs/s = N / wall. Nodes hold an unbounded queue
@@ -53,19 +53,19 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from dispatcher.client import Submitter  # noqa: E402
-from dispatcher.keys import JobField, Keys  # noqa: E402
-from dispatcher.loop import Dispatcher  # noqa: E402
-from dispatcher.models import JobSpec  # noqa: E402
-from dispatcher.policies import make_policy  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from worker.fleet import LocalFleet, SimNode  # noqa: E402
-from worker.gpu import Reading  # noqa: E402
-from worker.heartbeat import NodeInfo, heartbeat_fields  # noqa: E402
-from worker.stats import StatsView  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
+from gpufleet.dispatcher.store.keys import JobField, Keys  # noqa: E402
+from gpufleet.dispatcher.loop import Dispatcher  # noqa: E402
+from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
+from gpufleet.dispatcher.routing.policies import make_policy  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
+from gpufleet.worker.gpu import Reading  # noqa: E402
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields  # noqa: E402
+from gpufleet.worker.stats import StatsView  # noqa: E402
 
-FUNC = "worker.tasks:echo"
+FUNC = "gpufleet.worker.tasks:echo"
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -134,7 +134,9 @@ STAGES: dict[str, float] = {}  # stage -> seconds, with --stages
 def time_stages() -> None:
     """Wrap the loop's three steps (and the snapshot refresh) with a clock: where a round's time
     goes, without a profiler's overhead. Only in this process, for --stages."""
-    from dispatcher import loop, router, scripts
+    from gpufleet.dispatcher import loop
+    from gpufleet.dispatcher.routing import router
+    from gpufleet.dispatcher.store import scripts
 
     def timed(cls: Any, name: str, stage: str) -> None:
         inner = getattr(cls, name)

@@ -6,10 +6,10 @@ loopback port, so the Redis on 6379 is never touched). The clock starts before t
 is submitted and stops when the last one is done; jobs/s = N / wall. The workers (and
 gpufleet's dispatcher) are started and ready before the clock starts, for every system.
 
-- gpufleet: `Submitter.submit` of N `JobSpec("worker.tasks:echo", i)` (one batch) -> a real
+- gpufleet: `Submitter.submit` of N `JobSpec("gpufleet.worker.tasks:echo", i)` (one batch) -> a real
   `gpufleet dispatcher` -> 1 or 2 real `gpufleet worker --probe sim` processes (capacity 1,
   started with `LocalFleet`); done when `read_progress(...).done`, polled every 10 ms.
-- rq: `Queue.enqueue_many` of N `worker.tasks.echo` jobs (JSONSerializer), then 1 or 2 worker
+- rq: `Queue.enqueue_many` of N `gpufleet.worker.tasks.echo` jobs (JSONSerializer), then 1 or 2 worker
   processes, each `SimpleWorker([queue]).work(burst=True)` (JSONSerializer): each process
   imports rq and connects before the clock starts, then blocks on a BLPOP "go" token that this
   script pushes right after enqueue_many returns; done when every worker process has exited.
@@ -60,14 +60,14 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 from rq import Queue  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
-from dispatcher.client import Submitter  # noqa: E402
-from dispatcher.keys import Keys  # noqa: E402
-from dispatcher.models import JobSpec  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.results import read_progress  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from worker.fleet import LocalFleet, SimNode  # noqa: E402
-from worker.tasks import echo  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
+from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
+from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.client.results import read_progress  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
+from gpufleet.worker.tasks import echo  # noqa: E402
 
 POLL_S = 0.01
 SYSTEMS = ("gpufleet", "rq", "celery")
@@ -82,7 +82,7 @@ RQ_WORKER = textwrap.dedent(
     r = Redis.from_url(url)
     q = Queue(qname, connection=r, serializer=JSONSerializer)
     w = SimpleWorker([q], connection=r, serializer=JSONSerializer)
-    import worker.tasks  # what a job's first run would import: not timed
+    import gpufleet.worker.tasks  # what a job's first run would import: not timed
     r.blpop(["bench:go"], 0)
     prof = cProfile.Profile() if profile else None
     if prof:
@@ -169,7 +169,7 @@ def run_gpufleet(r: Redis, url: str, n: int, workers: int, trial: str, profile_d
         for i, node in enumerate(nodes):
             if profile_dir and i == 0:  # the same command LocalFleet runs, under cProfile
                 out = os.path.join(profile_dir, "gpufleet_worker.prof")
-                cmd = [sys.executable, "-m", "cProfile", "-o", out, "-m", "cli", "--redis-url", url, "--namespace", ns,
+                cmd = [sys.executable, "-m", "cProfile", "-o", out, "-m", "gpufleet.cli", "--redis-url", url, "--namespace", ns,
                        "--log-level", "WARNING", "worker", "--node-id", node.node_id, "--probe", "sim",
                        "--sim-speed", "1", "--capacity", "1"]  # fmt: skip
                 profiled.append(subprocess.Popen(cmd, env=python_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -179,7 +179,7 @@ def run_gpufleet(r: Redis, url: str, n: int, workers: int, trial: str, profile_d
         fleet.wait_for_nodes(r, [node.node_id for node in nodes])
         while not r.exists(keys.dispatcher_lease):
             time.sleep(0.02)
-        specs = [JobSpec("worker.tasks:echo", i) for i in range(n)]
+        specs = [JobSpec("gpufleet.worker.tasks:echo", i) for i in range(n)]
         submitter = Submitter(r, Settings(redis_url=url, namespace=ns))
         r.config_resetstat()
         start, polls = time.perf_counter(), 1

@@ -3,7 +3,7 @@
 1. What NVML sees: `discover_gpus()` and one reading of the nvml probe (per-GPU utilization,
    memory, temperature, power and limit, health).
 2. A fleet on an embedded redis-server: `gpufleet dispatcher` and
-   `gpufleet worker --gpus all --allow examples.minilm --allow worker.tasks` (one node
+   `gpufleet worker --gpus all --allow examples.minilm --allow gpufleet.worker.tasks` (one node
    process per GPU, pinned with CUDA_VISIBLE_DEVICES); then `gpufleet status` and
    `gpufleet status --json` as a user sees them.
 3. Real GPU work, timed submit -> all done: N embeddings with `examples.minilm:embed` (one
@@ -34,21 +34,22 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from dispatcher.client import Submitter  # noqa: E402
-from dispatcher.keys import Keys  # noqa: E402
-from dispatcher.models import JobSpec  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.results import iter_results, read_progress  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from dispatcher.snapshot import read_nodes  # noqa: E402
-from worker.gpu import discover_gpus, make_probe  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
+from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
+from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.client.results import iter_results, read_progress  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.dispatcher.fleet.snapshot import read_nodes  # noqa: E402
+from gpufleet.worker.gpu import discover_gpus, make_probe  # noqa: E402
+from gpufleet.worker.fleet import GPUFLEET  # noqa: E402
 
 NS = "gpucheck"
 SENTENCES = ["A GPU fleet routes inference jobs.", "The cat sat on the mat.", "Batching fills the GPU."]
 
 
 def cli(url: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", "--redis-url", url, "--namespace", NS, *args]
+    return [*GPUFLEET, "--redis-url", url, "--namespace", NS, *args]
 
 
 def timed_embeddings(r: Redis, settings: Settings, func: str, n: int) -> None:
@@ -89,7 +90,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GPUFLEET_HEARTBEAT_INTERVAL_S": "0.5"}
     procs = [subprocess.Popen(cli(server.url, "dispatcher"), env=env),
              subprocess.Popen(cli(server.url, "worker", "--node-id", "check", "--gpus", args.gpus, "--probe", args.probe,
-                                  "--allow", "examples.minilm", "--allow", "worker.tasks"), env=env)]  # fmt: skip
+                                  "--allow", "examples.minilm", "--allow", "gpufleet.worker.tasks"), env=env)]  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while len([n for n in read_nodes(r, Keys(NS)) if n.alive]) < nodes:

@@ -40,13 +40,13 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from dispatcher.keys import Keys  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.snapshot import read_nodes  # noqa: E402
-from worker.gpu import GpuReading, Probe, Reading, make_probe  # noqa: E402
-from dispatcher.scripts import Scripts  # noqa: E402
-from worker.heartbeat import Heartbeat, NodeInfo, heartbeat_fields  # noqa: E402
-from worker.stats import NodeStats, StatsView  # noqa: E402
+from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.fleet.snapshot import read_nodes  # noqa: E402
+from gpufleet.worker.gpu import GpuReading, Probe, Reading, make_probe  # noqa: E402
+from gpufleet.dispatcher.store.scripts import Scripts  # noqa: E402
+from gpufleet.worker.heartbeat import Heartbeat, NodeInfo, heartbeat_fields  # noqa: E402
+from gpufleet.worker.stats import NodeStats, StatsView  # noqa: E402
 
 
 class CountingConnection(redis.Connection):

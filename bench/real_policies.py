@@ -33,20 +33,20 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from cli.render import percentile  # noqa: E402
-from dispatcher.client import Submitter  # noqa: E402
-from dispatcher.keys import Keys  # noqa: E402
-from dispatcher.models import JobSpec  # noqa: E402
-from dispatcher.policies import POLICY_NAMES  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.results import iter_results, read_progress  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from worker.demo import latencies_by_node  # noqa: E402
-from worker.fleet import LocalFleet, SimNode  # noqa: E402
+from gpufleet.cli.render import percentile  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
+from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
+from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
+from gpufleet.dispatcher.routing.policies import POLICY_NAMES  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.client.results import iter_results, read_progress  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.worker.demo import latencies_by_node  # noqa: E402
+from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
 
 NODES = (SimNode("sim-1a", 1.0), SimNode("sim-1b", 1.0), SimNode("sim-2", 2.0), SimNode("sim-4", 4.0))
 MEAN_COST_S = 0.05  # seconds on a speed-1 node
-FUNC = "worker.tasks:synthetic"
+FUNC = "gpufleet.worker.tasks:synthetic"
 
 
 def workload(jobs: int, load: float, seed: int) -> list[tuple[float, float]]:

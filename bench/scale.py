@@ -61,19 +61,20 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from dispatcher.client import Submitter  # noqa: E402
-from dispatcher.keys import Keys  # noqa: E402
-from dispatcher.loop import Dispatcher  # noqa: E402
-from dispatcher.models import JobSpec, NodeState  # noqa: E402
-from dispatcher.outliers import FailureRateOutliers  # noqa: E402
-from dispatcher.policies import make_policy  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
-from worker.gpu import GpuReading, Reading  # noqa: E402
-from worker.heartbeat import NodeInfo, heartbeat_fields  # noqa: E402
-from worker.stats import StatsView  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
+from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
+from gpufleet.dispatcher.loop import Dispatcher  # noqa: E402
+from gpufleet.dispatcher.routing.models import JobSpec, NodeState  # noqa: E402
+from gpufleet.dispatcher.fleet.outliers import FailureRateOutliers  # noqa: E402
+from gpufleet.dispatcher.routing.policies import make_policy  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.worker.gpu import GpuReading, Reading  # noqa: E402
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields  # noqa: E402
+from gpufleet.worker.stats import StatsView  # noqa: E402
+from gpufleet.worker.fleet import GPUFLEET  # noqa: E402
 
-FUNC = "worker.tasks:echo"
+FUNC = "gpufleet.worker.tasks:echo"
 TICK_S = 0.01
 
 
@@ -182,7 +183,7 @@ READ_STAGES: dict[str, list[float]] = {}
 def time_read_stages() -> None:
     """Clock the snapshot read's parts: round trip 1 (SORT), round trip 2 (counts and changed
     heartbeats), and the whole read; the rest of it is parsing and building NodeStates."""
-    from dispatcher import snapshot
+    from gpufleet.dispatcher.fleet import snapshot
 
     def timed(cls: Any, name: str, stage: str) -> None:
         inner = getattr(cls, name)
@@ -254,7 +255,7 @@ def dispatcher_child(url: str, namespace: str, jobs: int, refreshes: int, max_no
 
 def cli_command() -> list[str]:
     exe = shutil.which("gpufleet")
-    return [exe] if exe else [sys.executable, "-m", "cli"]
+    return [exe] if exe else list(GPUFLEET)
 
 
 def time_status(url: str, namespace: str, json_out: bool) -> tuple[float, int]:

@@ -1,7 +1,7 @@
 """Submit rate: jobs/s from a JSON Lines job file into Redis, gpufleet against plain rq.
 
 Measures the whole of `dispatcher.client.submit_file` (validation pass + enqueue pass) for a
-file of N `{"input": {"i": k}}` lines (func worker.tasks:echo), against a private loopback
+file of N `{"input": {"i": k}}` lines (func gpufleet.worker.tasks:echo), against a private loopback
 redis-server (never the one on 6379). As the reference, the same run times plain rq: read
 the same file, `Queue.prepare_data` per line, one `Queue.enqueue_many` (JSON serializer).
 The DB is flushed before every timed submit; gpufleet and rq alternate, so drift hits both.
@@ -36,12 +36,12 @@ from rq.serializers import JSONSerializer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from dispatcher.client import submit_file  # noqa: E402
-from dispatcher.connection import connect  # noqa: E402
-from dispatcher.redis_server import RedisServer  # noqa: E402
-from dispatcher.settings import Settings  # noqa: E402
+from gpufleet.dispatcher.client.submit import submit_file  # noqa: E402
+from gpufleet.dispatcher.store.connection import connect  # noqa: E402
+from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
+from gpufleet.dispatcher.settings import Settings  # noqa: E402
 
-FUNC = "worker.tasks:echo"
+FUNC = "gpufleet.worker.tasks:echo"
 
 
 def write_job_file(path: Path, n: int) -> None:
@@ -58,7 +58,7 @@ def rq_submit(r: Redis, path: Path) -> int:
     """Plain rq: the same lines, one prepare_data each, one enqueue_many (one MULTI/EXEC)."""
     queue = Queue("bench", connection=r, serializer=JSONSerializer)
     with path.open("rb") as f:
-        datas = [Queue.prepare_data("worker.tasks.echo", args=[json.loads(line)["input"]]) for line in f]
+        datas = [Queue.prepare_data("gpufleet.worker.tasks.echo", args=[json.loads(line)["input"]]) for line in f]
     return len(queue.enqueue_many(datas))
 
 

@@ -1,4 +1,4 @@
-from .main import cli
+from .main import main
 
 if __name__ == "__main__":  # spawned worker slots re-import this module as __mp_main__
-    cli(prog_name="gpufleet")
+    main()

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from dispatcher import control
-from dispatcher.connection import connect
-from dispatcher.keys import Keys
+from gpufleet.dispatcher.fleet import control
+from gpufleet.dispatcher.store.connection import connect
+from gpufleet.dispatcher.store.keys import Keys
 
 from .main import CliState, pass_state
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import click
 
-from dispatcher.autoscale import Autoscaler, ScaleCommand, ScaleParams, clear_desired
-from dispatcher.connection import connect, mask_url
-from dispatcher.keys import Keys
-from dispatcher.loop import Dispatcher
-from dispatcher.metrics import DispatcherMetrics, serve
-from dispatcher.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
-from worker.gpu import PROBE_NAMES
-from worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_gpu_nodes, run_worker
+from gpufleet.dispatcher.fleet.autoscale import Autoscaler, ScaleCommand, ScaleParams, clear_desired
+from gpufleet.dispatcher.store.connection import connect, mask_url
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.loop import Dispatcher
+from gpufleet.dispatcher.observe.metrics import DispatcherMetrics, serve
+from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
+from gpufleet.worker.gpu import PROBE_NAMES
+from gpufleet.worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_gpu_nodes, run_worker
 
 from .main import CliState, pass_state
 
@@ -86,13 +86,13 @@ def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | 
 @click.option("--probe", type=click.Choice(PROBE_NAMES), default="nvml", show_default=True,
               help="GPU figures from NVML, from the CPU (no GPU), or simulated from the worker's busy time.")  # fmt: skip
 @click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Speed of a simulated node: worker.tasks:synthetic runs cost / speed seconds.")  # fmt: skip
+              help="Speed of a simulated node: gpufleet.worker.tasks:synthetic runs cost / speed seconds.")  # fmt: skip
 @click.option("--capacity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Jobs this node runs at once, as reported to the dispatcher.")  # fmt: skip
 @click.option("--weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Static weight for the weighted-round-robin policy.")  # fmt: skip
 @click.option("--allow", multiple=True, metavar="MODULE",
-              help="Module whose functions this worker may run (repeatable). Default: worker.tasks.")  # fmt: skip
+              help="Module whose functions this worker may run (repeatable). Default: gpufleet.worker.tasks.")  # fmt: skip
 @click.option("--burst", is_flag=True, help="Exit once the node queue is empty.")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (with --gpus, node i on "

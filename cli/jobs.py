@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from dispatcher.client import submit_file
-from dispatcher.connection import connect
-from dispatcher.keys import PRIORITIES, Keys
-from dispatcher.results import BatchProgress, iter_results, read_progress
+from gpufleet.dispatcher.client.submit import submit_file
+from gpufleet.dispatcher.store.connection import connect
+from gpufleet.dispatcher.store.keys import PRIORITIES, Keys
+from gpufleet.dispatcher.client.results import BatchProgress, iter_results, read_progress
 
 from .main import EXIT_ERROR, CliState, pass_state
 
@@ -60,7 +60,7 @@ class LazyProgressBar:
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--func", "default_func", metavar="MODULE:FUNCTION",
-              help="Function for lines without a 'func' field, e.g. worker.tasks:echo.")  # fmt: skip
+              help="Function for lines without a 'func' field, e.g. gpufleet.worker.tasks:echo.")  # fmt: skip
 @click.option("--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True,
               help="Priority for lines without a 'priority' field.")  # fmt: skip
 @click.option("--batch", "batch_id", metavar="NAME", help="Name the batch (default: a new unique id).")

@@ -17,7 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from dispatcher.results import BatchRow, batch_eta_s
+from gpufleet.dispatcher.client.results import BatchRow, batch_eta_s
 
 MAX_BATCH_ROWS = 3  # batches shown; the rest is one "... N more batches" line
 STATE_ORDER = {"unhealthy": 0, "ejected": 1, "draining": 2, "alive": 3, "dead": 4}  # trouble first, dead last

@@ -9,14 +9,14 @@ from contextlib import ExitStack, contextmanager
 
 import click
 
-from dispatcher.client import Submitter
-from dispatcher.connection import connect, mask_url
-from dispatcher.keys import Keys
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
-from worker.demo import DEMO_NODES, demo_jobs, latencies_by_node
-from worker.fleet import LocalFleet
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.connection import connect, mask_url
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.demo import DEMO_NODES, demo_jobs, latencies_by_node
+from gpufleet.worker.fleet import LocalFleet
 
 from .jobs import wait_for_batch
 from .main import CliState, pass_state

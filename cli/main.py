@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from dispatcher.errors import GpufleetError, JobFileError
-from dispatcher.keys import namespace_problem
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.errors import GpufleetError, JobFileError
+from gpufleet.dispatcher.store.keys import namespace_problem
+from gpufleet.dispatcher.settings import Settings
 
 EXIT_ERROR = 1  # something the user can fix: the message says what
 EXIT_USAGE = 2  # bad flags or a bad job file: nothing was done
@@ -83,6 +83,11 @@ class CliState:
 
 
 pass_state: Callable[..., Any] = click.make_pass_decorator(CliState)
+
+
+def main() -> None:
+    """The `gpufleet` console script."""
+    cli(prog_name="gpufleet")
 
 
 def _register() -> None:

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from dispatcher.errors import SettingsError
-from dispatcher.policies import DEFAULT_POLICY
-from dispatcher.simulator import (
+from gpufleet.dispatcher.errors import SettingsError
+from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY
+from gpufleet.dispatcher.sim.simulator import (
     SERVICE_DISTRIBUTIONS,
     SIM_POLICY_NAMES,
     STALE_MODELS,

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from dispatcher.connection import connect
-from dispatcher.keys import Keys
-from dispatcher.results import read_batch_status
-from dispatcher.status import read_status
+from gpufleet.dispatcher.store.connection import connect
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.client.results import read_batch_status
+from gpufleet.dispatcher.observe.status import read_status
 
 from .live import eta
 from .main import CliState, pass_state

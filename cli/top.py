@@ -20,12 +20,12 @@ import redis
 from rich.console import Console
 from rich.live import Live
 
-from dispatcher.autoscale import read_desired
-from dispatcher.connection import connect
-from dispatcher.keys import Keys
-from dispatcher.results import batches_in_flight
-from dispatcher.settings import Settings
-from dispatcher.status import read_status
+from gpufleet.dispatcher.fleet.autoscale import read_desired
+from gpufleet.dispatcher.store.connection import connect
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.client.results import batches_in_flight
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.observe.status import read_status
 
 from .live import Sample, render_error, render_frame
 from .main import CliState, pass_state

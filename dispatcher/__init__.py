@@ -1,8 +1,21 @@
-"""gpufleet's core: key schema, job model, client API, node snapshot, policies, dispatch loop."""
+"""gpufleet's core, in subpackages that read as the data flow:
 
-from .client import SubmitReceipt, Submitter, submit_file
-from .models import JobSpec, NodeState
-from .results import iter_results, read_progress
+    client/   submit jobs, read job files, read results back        (the user's process)
+    store/    keys, connections, Lua scripts, the rq job             (Redis, below everything)
+    routing/  job and node records, policies, the router             (pure: no Redis)
+    fleet/    node snapshot, node claims, health, lease, autoscale   (the nodes' state)
+    observe/  metrics and the status record
+    sim/      the simulator, running routing/ unchanged
+    loop.py   snapshot -> router -> move script: the one dispatch loop
+
+errors.py and settings.py are shared by all. routing imports no other part, store only
+routing's two records (JobSpec, NodeState); client, fleet and observe build on those two;
+loop.py imports the rest. Nothing here imports gpufleet.worker or gpufleet.cli.
+"""
+
+from .client.results import iter_results, read_progress
+from .client.submit import SubmitReceipt, Submitter, submit_file
+from .routing.models import JobSpec, NodeState
 from .settings import Settings
 
 __all__ = [

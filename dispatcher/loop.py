@@ -16,19 +16,19 @@ from dataclasses import dataclass
 import redis
 from redis import Redis
 
-from .autoscale import Autoscaler
-from .connection import REDIS_DOWN
-from .health import Health
-from .job import needs_spec
-from .keys import PRIORITIES, JobField, Keys
-from .lease import Lease
-from .metrics import DispatcherMetrics, set_desired_nodes
-from .models import JobSpec, NodeState
-from .policies import Policy
-from .router import Router
-from .scripts import DROPPED, MOVED, Scripts, read_id
+from .fleet.autoscale import Autoscaler
+from .store.connection import REDIS_DOWN
+from .fleet.health import Health
+from .store.job import needs_spec
+from .store.keys import PRIORITIES, JobField, Keys
+from .fleet.lease import Lease
+from .observe.metrics import DispatcherMetrics, set_desired_nodes
+from .routing.models import JobSpec, NodeState
+from .routing.policies import Policy
+from .routing.router import Router
+from .store.scripts import DROPPED, MOVED, Scripts, read_id
 from .settings import Settings
-from .snapshot import NodeReader
+from .fleet.snapshot import NodeReader
 
 log = logging.getLogger(__name__)
 

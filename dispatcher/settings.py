@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import SettingsError
-from .keys import namespace_problem
+from .store.keys import namespace_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from worker import context
-from worker.batching import batched
+from gpufleet.worker import context
+from gpufleet.worker.batching import batched
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 _model: Any = None

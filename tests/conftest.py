@@ -10,11 +10,11 @@ from typing import TypeVar
 import pytest
 import redis
 
-from dispatcher.errors import GpufleetError
-from dispatcher.keys import Keys
-from dispatcher.models import NodeState
-from dispatcher.redis_server import RedisServer, SentinelGroup
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.errors import GpufleetError
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import NodeState
+from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup
+from gpufleet.dispatcher.settings import Settings
 
 T = TypeVar("T")
 

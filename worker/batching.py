@@ -1,6 +1,6 @@
 """Dynamic batching: mark a task `@batched` and it receives a list of inputs, one per job.
 
-    from worker.batching import batched
+    from gpufleet.worker.batching import batched
 
     @batched(max_size=32, max_wait_ms=10)
     def embed(texts: list[str]) -> list[list[float]]:

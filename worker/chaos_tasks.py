@@ -5,7 +5,7 @@ GPUFLEET_CHAOS_LOG, before it sleeps, so a run that a fault cuts short still cou
 attempt is the one the worker believes it runs (NodeWorker._attempt: gf_attempts read at
 dequeue, plus one, the number its fence check and its logs use), so the suite can tell
 whether a job's result came from its newest attempt. Workers run it only with
-`--allow worker.chaos_tasks`.
+`--allow gpufleet.worker.chaos_tasks`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from dispatcher.models import JobSpec
+from gpufleet.dispatcher.routing.models import JobSpec
 
 from .fleet import SimNode
 
@@ -21,7 +21,7 @@ def demo_jobs(n: int, seed: int = 0) -> list[JobSpec]:
     sigma = 0.5
     mu = -0.5 * sigma**2  # so the mean of lognormvariate(mu, sigma) is 1
     return [
-        JobSpec(func="worker.tasks:synthetic", input={"cost": round(MEAN_COST_S * rng.lognormvariate(mu, sigma), 4)},
+        JobSpec(func="gpufleet.worker.tasks:synthetic", input={"cost": round(MEAN_COST_S * rng.lognormvariate(mu, sigma), 4)},
                 client_id=f"job-{i:04d}")  # fmt: skip
         for i in range(1, n + 1)
     ]

@@ -1,5 +1,5 @@
 """A local fleet of real processes: one dispatcher and sim workers, for `demo`, `local`, the
-integration tests and the benchmarks. Each process is `python -m cli ...`, as a user runs it."""
+integration tests and the benchmarks. Each process is the `gpufleet` command, as a user runs it."""
 
 from __future__ import annotations
 
@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 
 from redis import Redis
 
-from dispatcher.keys import Keys
-from dispatcher.snapshot import read_nodes
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.fleet.snapshot import read_nodes
 
 STOP_GRACE_S = 5.0
+# The `gpufleet` command as a child process, started so that the current directory cannot shadow
+# gpufleet's modules: `-c` puts the working directory first on sys.path (as '', which this takes
+# out), where a user's `cli/` package or `worker.py` would otherwise win over gpufleet's.
+GPUFLEET = (sys.executable, "-c", "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+            "from gpufleet.cli.main import main; main()")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,8 @@ class LocalFleet:
     log_dir: str | None = None  # each process's stderr goes to <log_dir>/<name>.log (appended); None: ours
 
     def _spawn(self, name: str, args: Sequence[str], stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "cli", "--redis-url", self.redis_url, "--namespace", self.namespace,
-               "--log-level", self.log_level, *args]  # fmt: skip
+        cmd = [*GPUFLEET, "--redis-url", self.redis_url, "--namespace", self.namespace, "--log-level", self.log_level,
+               *args]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.log_dir is None:
             proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=None, start_new_session=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dispatcher.errors import SettingsError
+from gpufleet.dispatcher.errors import SettingsError
 
 from .gpu import GpuDevice
 

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from dispatcher.connection import REDIS_DOWN
-from dispatcher.node_claim import ProcessIdentity
-from dispatcher.scripts import Scripts
+from gpufleet.dispatcher.store.connection import REDIS_DOWN
+from gpufleet.dispatcher.fleet.node_claim import ProcessIdentity
+from gpufleet.dispatcher.store.scripts import Scripts
 
 from . import context
 from .gpu import Probe, Reading

@@ -24,8 +24,8 @@ from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 
-from dispatcher.connection import REDIS_DOWN
-from dispatcher.job import FleetJob
+from gpufleet.dispatcher.store.connection import REDIS_DOWN
+from gpufleet.dispatcher.store.job import FleetJob
 
 from .batching import BatchSpec, batch_spec, per_job_results
 from .interrupts import RedisLost

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from dispatcher.metrics import serve
+from gpufleet.dispatcher.observe.metrics import serve
 
 from .stats import NodeStats
 

@@ -26,14 +26,14 @@ from typing import TypeVar
 from redis import Redis
 from rq import Queue
 
-from dispatcher.connection import REDIS_DOWN, connect
-from dispatcher.errors import NodeIdInUse, NodeTakenOver
-from dispatcher.health import Leftovers, RequeueReport, recover_node, requeue_node
-from dispatcher.job import SERIALIZER, job_class
-from dispatcher.keys import RQ_QUEUES, Keys
-from dispatcher.node_claim import claim_node_id, holder_name, new_incarnation, stop_mark, worker_name
-from dispatcher.scripts import Scripts, Taker
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
+from gpufleet.dispatcher.errors import NodeIdInUse, NodeTakenOver
+from gpufleet.dispatcher.fleet.health import Leftovers, RequeueReport, recover_node, requeue_node
+from gpufleet.dispatcher.store.job import SERIALIZER, job_class
+from gpufleet.dispatcher.store.keys import RQ_QUEUES, Keys
+from gpufleet.dispatcher.fleet.node_claim import claim_node_id, holder_name, new_incarnation, stop_mark, worker_name
+from gpufleet.dispatcher.store.scripts import Scripts, Taker
+from gpufleet.dispatcher.settings import Settings
 
 from . import context
 from .gpu import GpuDevice, discover_gpus, make_probe
@@ -46,7 +46,7 @@ from .supervisor import MAX_RESTART_BACKOFF_S, RESTART_BACKOFF_S, Child, supervi
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALLOW = ("worker.tasks",)
+DEFAULT_ALLOW = ("gpufleet.worker.tasks",)
 T = TypeVar("T")
 EXIT_TAKEN_OVER = 3  # another process runs this node id: stop, and do not restart
 

@@ -14,12 +14,15 @@ from typing import TypeVar
 
 import redis
 
-from worker.fleet import LocalFleet
+from gpufleet.worker.fleet import GPUFLEET, LocalFleet
 
 T = TypeVar("T")
 
-# Fast liveness, retries and failover, so the tests wait seconds, not minutes.
+ROOT = Path(__file__).resolve().parents[2]
+# Fast liveness, retries and failover, so the tests wait seconds, not minutes; the checkout on
+# the path, for the test tasks (tests.integration.tasks) that workers are allowed to run.
 FAST_ENV = {
+    "PYTHONPATH": str(ROOT),
     "GPUFLEET_HEARTBEAT_INTERVAL_S": "0.2",
     "GPUFLEET_HEARTBEAT_TTL_S": "1.0",
     "GPUFLEET_RETRY_BASE_S": "0.05",
@@ -40,7 +43,7 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, poll_s: 
 
 def gpufleet(url: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a user would."""
-    return subprocess.run([sys.executable, "-m", "cli", "--redis-url", url, "--namespace", namespace, *args],
+    return subprocess.run([*GPUFLEET, "--redis-url", url, "--namespace", namespace, *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, **FAST_ENV})  # fmt: skip
 
 

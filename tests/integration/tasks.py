@@ -8,12 +8,12 @@ from typing import Any
 
 import redis
 
-from dispatcher.health import Leftovers, requeue_node
-from dispatcher.keys import Keys
-from dispatcher.scripts import Scripts
-from dispatcher.settings import Settings
-from worker import context
-from worker.batching import batched
+from gpufleet.dispatcher.fleet.health import Leftovers, requeue_node
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker import context
+from gpufleet.worker.batching import batched
 
 
 @batched(max_size=3, max_wait_ms=60_000)

@@ -10,13 +10,13 @@ import pytest
 import redis
 from rq.serializers import JSONSerializer
 
-from dispatcher.client import Submitter
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import local_fleet, wait_until
 
@@ -41,13 +41,13 @@ def finish(r: redis.Redis, batch: str, timeout_s: float = 20) -> dict:  # type: 
 
 
 def test_a_job_hash_naming_an_imported_function_fails_and_the_worker_serves_on(fleet: LocalFleet) -> None:
-    """Given a queued job whose HASH was rewritten to call worker.tasks.time.sleep(30) (rq's
-    import_attribute would reach the stdlib's time.sleep through worker.tasks), it ends failed
+    """Given a queued job whose HASH was rewritten to call gpufleet.worker.tasks.time.sleep(30) (rq's
+    import_attribute would reach the stdlib's time.sleep through gpufleet.worker.tasks), it ends failed
     with the PermissionError, at once, and the next job on the same node finishes."""
     r = redis.Redis.from_url(fleet.redis_url)
-    batch = submit(r, fleet.redis_url, JobSpec("worker.tasks:echo", "harmless"))  # no node yet: it waits
+    batch = submit(r, fleet.redis_url, JobSpec("gpufleet.worker.tasks:echo", "harmless"))  # no node yet: it waits
     [job_id] = [i.decode() for i in r.lrange(KEYS.batch_jobs(batch), 0, -1)]
-    data = JSONSerializer.dumps(("worker.tasks.time.sleep", None, [30], {}))  # rq's `data`: zlib of the call
+    data = JSONSerializer.dumps(("gpufleet.worker.tasks.time.sleep", None, [30], {}))  # rq's `data`: zlib of the call
     r.hset(Keys.rq_job(job_id), "data", zlib.compress(data))
 
     fleet.start_dispatcher()
@@ -55,8 +55,8 @@ def test_a_job_hash_naming_an_imported_function_fails_and_the_worker_serves_on(f
     fleet.wait_for_nodes(r, ["s1"])
     refused = finish(r, batch)
     assert refused["status"] == "failed" and refused["node"] == "s1"
-    assert "PermissionError: function 'worker.tasks.time.sleep' is refused" in refused["error"]
+    assert "PermissionError: function 'gpufleet.worker.tasks.time.sleep' is refused" in refused["error"]
     assert "attribute path" in refused["error"]
 
-    served = finish(r, submit(r, fleet.redis_url, JobSpec("worker.tasks:echo", {"next": 1})))
+    served = finish(r, submit(r, fleet.redis_url, JobSpec("gpufleet.worker.tasks:echo", {"next": 1})))
     assert (served["status"], served["node"], served["result"]) == ("finished", "s1", {"next": 1})

@@ -8,8 +8,9 @@ import sys
 
 import redis
 
-from dispatcher.keys import Keys
-from dispatcher.redis_server import RedisServer
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.worker.fleet import GPUFLEET
 
 from .support import gpufleet, wait_until
 
@@ -25,7 +26,7 @@ def test_a_password_url_works_and_is_masked_everywhere() -> None:
         assert wrong.returncode == 1 and "authentication failed" in wrong.stderr.lower()
         assert ":***@127.0.0.1" in wrong.stderr and "wrong-pw" not in wrong.stderr
 
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "--redis-url", server.url, "--namespace", "auth",
+        proc = subprocess.Popen([*GPUFLEET, "--redis-url", server.url, "--namespace", "auth",
                                  "--log-level", "DEBUG", "dispatcher"], stderr=subprocess.PIPE, text=True)  # fmt: skip
         try:
             r = redis.Redis.from_url(server.url)

@@ -12,10 +12,10 @@ from rq import Queue
 from rq.job import Job
 from rq.results import Result
 
-from dispatcher.keys import Keys
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import last_line
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import last_line
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, tracebacks, wait_until
 from .test_failures import cheap, finish, start, submit
@@ -26,7 +26,7 @@ KEYS = Keys(NS)
 
 def pickled_job(r: redis.Redis, queue_name: str) -> str:
     """A job enqueued by plain rq with its default serializer (pickle) on `queue_name`."""
-    return str(Queue(queue_name, connection=r).enqueue("worker.tasks.echo", "pickled").id)
+    return str(Queue(queue_name, connection=r).enqueue("gpufleet.worker.tasks.echo", "pickled").id)
 
 
 def test_undecodable_and_dataless_jobs_end_or_vanish_and_the_fleet_keeps_working(

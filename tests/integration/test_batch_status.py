@@ -11,16 +11,16 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from dispatcher.client import Submitter
-from dispatcher.control import cancel
-from dispatcher.errors import NotFound
-from dispatcher.job import SERIALIZER, job_class
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import batches_in_flight, read_batch_status
-from dispatcher.scripts import Scripts
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.control import cancel
+from gpufleet.dispatcher.errors import NotFound
+from gpufleet.dispatcher.store.job import SERIALIZER, job_class
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import batches_in_flight, read_batch_status
+from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.dispatcher.settings import Settings
 
 from .support import gpufleet
 
@@ -28,7 +28,7 @@ KEYS = Keys()
 
 
 def submit(r: redis.Redis, settings: Settings, n: int, batch_id: str) -> list[str]:
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(n)], batch_id=batch_id)
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(n)], batch_id=batch_id)
     return [i.decode() for i in r.lrange(KEYS.batch_jobs(batch_id), 0, -1)]
 
 
@@ -44,7 +44,7 @@ def test_finished_and_canceled_jobs_move_the_counts_and_give_an_eta(r: redis.Red
     expect 5 queued, 3 finished, 2 canceled and a finite ETA."""
     ids = submit(r, settings, 10, "b")
     Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1") for job_id in ids[:3]])
-    cls = job_class(KEYS, ("worker.tasks",))
+    cls = job_class(KEYS, ("gpufleet.worker.tasks",))
     queue = Queue(KEYS.node_queue("n1"), connection=r, serializer=SERIALIZER, job_class=cls)
     SimpleWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls).work(burst=True)
     assert cancel(r, settings, ids[3]).canceled == 1 and cancel(r, settings, ids[4]).canceled == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.redis_server import RedisServer
+from gpufleet.dispatcher.store.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 # A worker killed mid-job, replaced under a new node id, and restarted under its own id (the

@@ -8,9 +8,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from dispatcher.connection import connect
-from dispatcher.keys import Keys
-from dispatcher.redis_server import RedisServer
+from gpufleet.dispatcher.store.connection import connect
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_a_checked_client_still_blocks_longer_than_the_check_timeout(redis_serve
 CTRL_C = textwrap.dedent("""
     import os, signal, time
     import redis
-    from dispatcher.redis_server import RedisServer
+    from gpufleet.dispatcher.store.redis_server import RedisServer
 
     server = RedisServer().start()
     try:

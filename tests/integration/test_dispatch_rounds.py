@@ -7,24 +7,24 @@ import threading
 
 import redis
 
-from dispatcher.client import Submitter
-from dispatcher.job import wake_dispatcher
-from dispatcher.keys import Keys
-from dispatcher.loop import Dispatcher
-from dispatcher.models import JobSpec
-from dispatcher.policies import make_policy
-from dispatcher.settings import Settings
-from worker.gpu import Reading
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.job import wake_dispatcher
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.loop import Dispatcher
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.routing.policies import make_policy
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.gpu import Reading
 from tests.conftest import write_heartbeat
-from worker.heartbeat import NodeInfo, heartbeat_fields
-from worker.stats import StatsView
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import StatsView
 
 
 def test_a_freed_slot_is_filled_at_once_without_an_extra_health_pass(r: redis.Redis, settings: Settings) -> None:
     keys = Keys(settings.namespace)
     fields = heartbeat_fields(NodeInfo("n1"), StatsView(0, 0, 0, 1.0, 0.0), Reading("sim"))
     write_heartbeat(r, keys, "n1", fields, ttl_s=60)
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(5)])
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(5)])
     now = [0.0]
     d = Dispatcher(r, settings, make_policy(settings.policy), clock=lambda: now[0])
     checks = []

@@ -11,14 +11,14 @@ import os
 import pytest
 import redis
 
-from dispatcher.client import Submitter
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
-from dispatcher.snapshot import read_nodes
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, wait_until
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatcher.client import Submitter
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer, free_port
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer, free_port
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, gpufleet, local_fleet, tracebacks, wait_until
 
@@ -50,7 +50,7 @@ def finish(r: redis.Redis, batch: str, timeout_s: float = 90) -> list[dict]:  # 
 
 
 def cheap(n: int, cost: float = 0.01, **kw: object) -> list[JobSpec]:
-    return [JobSpec("worker.tasks:synthetic", {"cost": cost, "i": i}, client_id=str(i), **kw) for i in range(n)]  # type: ignore[arg-type]
+    return [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": cost, "i": i}, client_id=str(i), **kw) for i in range(n)]  # type: ignore[arg-type]
 
 
 def test_kill_9_of_a_worker_mid_batch_loses_no_job(fleet: LocalFleet) -> None:
@@ -88,18 +88,18 @@ def test_kill_9_of_the_active_dispatcher_hands_over_to_the_standby(fleet: LocalF
 def test_a_job_past_its_timeout_is_stopped_retried_then_failed(fleet: LocalFleet) -> None:
     r = redis.Redis.from_url(fleet.redis_url)
     start(fleet, r, [SimNode("t1")])
-    slow = submit(fleet, r, [JobSpec("worker.tasks:synthetic", {"cost": 30}, timeout_s=1, retries=1)])
+    slow = submit(fleet, r, [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 30}, timeout_s=1, retries=1)])
     [rec] = finish(r, slow, timeout_s=30)
     assert rec["status"] == "failed" and rec["attempts"] == 2
     assert "JobTimeoutException" in rec["error"]
-    [after] = finish(r, submit(fleet, r, [JobSpec("worker.tasks:echo", "still serving")]), timeout_s=30)
+    [after] = finish(r, submit(fleet, r, [JobSpec("gpufleet.worker.tasks:echo", "still serving")]), timeout_s=30)
     assert (after["status"], after["result"], after["node"]) == ("finished", "still serving", "t1")
 
 
 def test_a_failing_job_runs_1_plus_retries_times_then_requeue_brings_it_back(fleet: LocalFleet) -> None:
     r = redis.Redis.from_url(fleet.redis_url)
     start(fleet, r, [SimNode("r1"), SimNode("r2")])
-    batch = submit(fleet, r, [JobSpec("worker.tasks:synthetic", {"cost": 0, "fail": True}, retries=2)])
+    batch = submit(fleet, r, [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 0, "fail": True}, retries=2)])
     [rec] = finish(r, batch, timeout_s=30)
     assert (rec["status"], rec["attempts"]) == ("failed", 3)
     assert rec["error"] == "RuntimeError: synthetic failure requested by the job input"

@@ -10,20 +10,20 @@ import pytest
 import redis
 from rq.job import Job
 
-from dispatcher.client import Submitter
-from dispatcher.health import Leftovers, requeue_node
-from dispatcher.job import SERIALIZER
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.results import iter_results, read_progress
-from dispatcher.scripts import Scripts
-from dispatcher.settings import Settings
-from worker import context
-from worker.node_worker import NodeWorker
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.health import Leftovers, requeue_node
+from gpufleet.dispatcher.store.job import SERIALIZER
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker import context
+from gpufleet.worker.node_worker import NodeWorker
 
 from .test_take_next import NODE, node_worker
 
-TASKS = ("worker.tasks", "tests.integration.tasks")
+TASKS = ("gpufleet.worker.tasks", "tests.integration.tasks")
 
 
 def routed_to(r: redis.Redis, settings: Settings, node_id: str) -> list[str]:
@@ -57,7 +57,7 @@ def test_a_hand_back_just_before_the_write_still_drops_the_result(
     """Given a job handed back after it ran but before its result is written (the worker was
     stopped, or slow, in between), the result is still dropped: the write itself checks that
     the job is still this run's, so no pause between a check and the write lets it through."""
-    batch = Submitter(r, settings).submit([JobSpec("worker.tasks:echo", "result")]).batch_id
+    batch = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", "result")]).batch_id
     [job_id] = routed_to(r, settings, NODE)
     keys = Keys(settings.namespace)
     write = NodeWorker.record_successes
@@ -99,7 +99,7 @@ def test_the_result_that_counts_is_the_newest_attempts(r: redis.Redis, settings:
     node_worker(r, settings, allow=TASKS).work(burst=True)
 
     r.hset(Keys.rq_job(routed_to(r, settings, NODE)[0]), "data", Job.create(  # the same job, now a plain echo
-        "worker.tasks.echo", args=("from the second run",), serializer=SERIALIZER, connection=r).to_dict()["data"])
+        "gpufleet.worker.tasks.echo", args=("from the second run",), serializer=SERIALIZER, connection=r).to_dict()["data"])
     node_worker(r, settings, allow=TASKS).work(burst=True)
 
     keys = Keys(settings.namespace)

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dispatcher.client import Submitter
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, gpufleet, wait_until
 
@@ -42,7 +42,7 @@ def test_a_300_job_batch_completes_over_three_workers(fleet: tuple[LocalFleet, r
     """Every job finishes, every result carries its own input, and every node ran some."""
     _, r = fleet
     keys = Keys("itest")
-    specs = [JobSpec("worker.tasks:synthetic", {"cost": 0.02, "i": i}, client_id=f"j{i}") for i in range(300)]
+    specs = [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 0.02, "i": i}, client_id=f"j{i}") for i in range(300)]
     receipt = Submitter(r, Settings(redis_url=redis_server.url, namespace="itest")).submit(specs)
     wait_until(lambda: read_progress(r, keys, receipt.batch_id).done, 60, "the batch to finish")
 
@@ -100,7 +100,7 @@ def test_a_node_of_capacity_three_runs_jobs_side_by_side(redis_server: RedisServ
         f.start_dispatcher()
         f.start_worker(SimNode("wide", 1.0, capacity=3))
         f.wait_for_nodes(r, ["wide"])
-        specs = [JobSpec("worker.tasks:synthetic", {"cost": 1.0}) for _ in range(6)]
+        specs = [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 1.0}) for _ in range(6)]
         receipt = Submitter(r, Settings(redis_url=redis_server.url, namespace="cap")).submit(specs)
         wait_until(lambda: read_progress(r, Keys("cap"), receipt.batch_id).done, 60, "the batch to finish")
         records = list(iter_results(r, Keys("cap"), receipt.batch_id))

@@ -5,16 +5,16 @@ from __future__ import annotations
 import redis
 from rq.job import Job
 
-from dispatcher.client import Submitter
-from dispatcher.job import SERIALIZER
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.scripts import Scripts
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.job import SERIALIZER
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.dispatcher.settings import Settings
 
 from .test_take_next import NODE, node_worker
 
-BATCHED, PLAIN = "tests.integration.tasks:three_at_once", "worker.tasks:synthetic"
+BATCHED, PLAIN = "tests.integration.tasks:three_at_once", "gpufleet.worker.tasks:synthetic"
 
 
 def test_like_jobs_join_the_first_past_the_unlike_ones_which_keep_their_order(
@@ -30,7 +30,7 @@ def test_like_jobs_join_the_first_past_the_unlike_ones_which_keep_their_order(
     ingress = keys.ingress_queue("normal")
     ids = [i.decode() for i in r.lrange(Keys.rq_queue(ingress), 0, -1)]
     Scripts(r, keys).move_to_nodes(ingress, [(job_id, NODE) for job_id in ids])
-    node_worker(r, settings, allow=("worker.tasks", "tests.integration.tasks")).work(burst=True)
+    node_worker(r, settings, allow=("gpufleet.worker.tasks", "tests.integration.tasks")).work(burst=True)
     jobs = [Job.fetch(job_id, connection=r, serializer=SERIALIZER) for job_id in ids]
     assert [j.get_status() for j in jobs] == ["finished"] * len(funcs)
     batched = {j.ended_at for j, f in zip(jobs, funcs) if f == BATCHED}

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dispatcher.client import Submitter
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, wait_until
 
@@ -54,7 +54,7 @@ def test_each_gpu_is_a_node_in_its_own_pinned_process(fleet: tuple[LocalFleet, r
     f, r = fleet
     pids = {node_pid(r, n) for n in NODES}
     assert len(pids) == 2 and f.procs["h"].pid not in pids
-    batch = submit(f, r, [JobSpec("worker.tasks:synthetic", {"cost": 0.02, "i": i}) for i in range(30)])
+    batch = submit(f, r, [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 0.02, "i": i}) for i in range(30)])
     wait_until(lambda: read_progress(r, KEYS, batch).done, 30, "the batch to finish")
     records = list(iter_results(r, KEYS, batch))
     assert {rec["status"] for rec in records} == {"finished"}
@@ -65,7 +65,7 @@ def test_a_gpu_process_that_dies_is_restarted_and_its_running_job_runs_again(
     fleet: tuple[LocalFleet, redis.Redis],
 ) -> None:
     f, r = fleet
-    batch = submit(f, r, [JobSpec("worker.tasks:synthetic", {"cost": 2.0})])
+    batch = submit(f, r, [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 2.0})])
     job_id = r.lindex(KEYS.batch_jobs(batch), 0).decode()
     node = wait_until(lambda: (r.hget(Keys.rq_job(job_id), "status") == b"started"
                                and r.hget(Keys.rq_job(job_id), "gf_node")), 10, "the job to start").decode()  # fmt: skip

@@ -5,18 +5,18 @@ from __future__ import annotations
 import redis
 from rq.job import JobStatus
 
-from dispatcher.client import Submitter
-from dispatcher.health import Health
-from dispatcher.keys import JobField, Keys
-from dispatcher.models import JobSpec
-from dispatcher.results import iter_results, read_progress
-from dispatcher.scripts import Scripts
-from dispatcher.settings import Settings
-from dispatcher.snapshot import read_nodes
-from worker.gpu import Reading
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.health import Health
+from gpufleet.dispatcher.store.keys import JobField, Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.worker.gpu import Reading
 from tests.conftest import write_heartbeat
-from worker.heartbeat import NodeInfo, heartbeat_fields
-from worker.stats import StatsView
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import StatsView
 
 KEYS = Keys()
 
@@ -42,7 +42,7 @@ def place_on_node(r: redis.Redis, node_id: str, job_ids: list[str], running: dic
 
 
 def test_a_dead_node_returns_running_then_queued_jobs_to_the_front_in_order(r: redis.Redis, settings: Settings) -> None:
-    receipt = Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(6)])
+    receipt = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(6)])
     j0, j1, j2, j3, w1, w2 = ingress(r)  # w1, w2 stay in the ingress throughout
     beat(r, "a")
     place_on_node(r, "a", [j1, j2, j3], running={j0: 1})
@@ -56,7 +56,7 @@ def test_a_dead_node_returns_running_then_queued_jobs_to_the_front_in_order(r: r
 
 
 def test_a_running_job_past_its_retry_limit_fails_with_node_lost(r: redis.Redis, settings: Settings) -> None:
-    receipt = Submitter(r, settings).submit([JobSpec("worker.tasks:echo", "x")])
+    receipt = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", "x")])
     [job] = ingress(r)
     beat(r, "b")
     place_on_node(r, "b", [], running={job: settings.node_loss_retries + 1})
@@ -71,7 +71,7 @@ def test_a_running_job_past_its_retry_limit_fails_with_node_lost(r: redis.Redis,
 
 
 def test_a_node_failing_its_jobs_is_ejected_and_its_queue_handed_back(r: redis.Redis, settings: Settings) -> None:
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(2)])
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(2)])
     queued = ingress(r)
     health = Health(r, KEYS, Scripts(r, KEYS), settings)
     beat(r, "c")

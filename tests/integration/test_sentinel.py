@@ -11,15 +11,15 @@ from typing import TypeVar
 import pytest
 import redis
 
-from dispatcher.client import Submitter
-from dispatcher.connection import REDIS_DOWN, connect
-from dispatcher.errors import RedisUnavailable
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.redis_server import SentinelGroup
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
-from worker.fleet import LocalFleet, SimNode
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
+from gpufleet.dispatcher.errors import RedisUnavailable
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.redis_server import SentinelGroup
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, gpufleet
 
@@ -54,7 +54,7 @@ def on_port(port: int) -> redis.Redis:
 def test_a_sentinel_url_reads_and_writes_the_current_master(sentinel_group: SentinelGroup) -> None:
     r = connect(sentinel_group.url)
     receipt = Submitter(r, Settings(redis_url=sentinel_group.url, namespace=NS)).submit(
-        [JobSpec("worker.tasks:echo", i) for i in range(3)])
+        [JobSpec("gpufleet.worker.tasks:echo", i) for i in range(3)])
     assert read_progress(r, KEYS, receipt.batch_id).size == 3
     master = sentinel_group.master_port()
     assert r.connection_pool.master_address == ("127.0.0.1", master)
@@ -129,7 +129,7 @@ def test_a_fleet_on_sentinel_finishes_its_batch_across_a_failover(sentinel_group
         for node in ("s1", "s2"):
             fleet.start_worker(SimNode(node))
         fleet.wait_for_nodes(r, ["s1", "s2"])
-        specs = [JobSpec("worker.tasks:synthetic", {"cost": 0.02, "i": i}) for i in range(300)]
+        specs = [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 0.02, "i": i}) for i in range(300)]
         batch = Submitter(r, Settings(redis_url=sentinel_group.url, namespace=NS)).submit(specs).batch_id
         assert r.wait(1, 2000) == 1  # the submission reached the replica: a failover cannot lose it
         errors: list[Exception] = []

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatcher.client import submit_file
-from dispatcher.errors import GpufleetError, JobFileError
-from dispatcher.keys import Keys
-from dispatcher.redis_server import RedisServer
-from dispatcher.results import iter_results, read_progress
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.client.submit import submit_file
+from gpufleet.dispatcher.errors import GpufleetError, JobFileError
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.settings import Settings
 
 KEYS = Keys()
 
@@ -28,7 +28,7 @@ def write_jobs(path: Path, lines: list[object]) -> str:
 def test_a_file_is_enqueued_in_order_across_priorities(r: redis.Redis, tmp_path: Path) -> None:
     path = write_jobs(tmp_path / "j.jsonl", [{"input": i, "id": f"c{i}", **({"priority": "high"} if i % 3 == 0 else {})}
                                              for i in range(2500)])  # fmt: skip
-    receipt = submit_file(r, Settings(submit_chunk=700), path, default_func="worker.tasks:echo", batch_id="b1")
+    receipt = submit_file(r, Settings(submit_chunk=700), path, default_func="gpufleet.worker.tasks:echo", batch_id="b1")
     assert (receipt.batch_id, receipt.count) == ("b1", 2500)
     assert r.llen(Keys.rq_queue(KEYS.ingress_queue("high"))) == 834
     assert r.llen(Keys.rq_queue(KEYS.ingress_queue("normal"))) == 1666
@@ -41,20 +41,20 @@ def test_a_file_is_enqueued_in_order_across_priorities(r: redis.Redis, tmp_path:
 def test_one_bad_line_at_the_end_leaves_nothing_enqueued(r: redis.Redis, tmp_path: Path) -> None:
     path = write_jobs(tmp_path / "j.jsonl", [{"input": i} for i in range(3000)] + ['{"input": 1, "priority": "asap"}'])
     with pytest.raises(JobFileError, match=r"j.jsonl:3001: field 'priority'"):
-        submit_file(r, Settings(), path, default_func="worker.tasks:echo")
+        submit_file(r, Settings(), path, default_func="gpufleet.worker.tasks:echo")
     assert r.dbsize() == 0
 
 
 def test_a_batch_name_cannot_be_reused(r: redis.Redis, tmp_path: Path) -> None:
     path = write_jobs(tmp_path / "j.jsonl", [{"input": 1}])
-    submit_file(r, Settings(), path, default_func="worker.tasks:echo", batch_id="same")
+    submit_file(r, Settings(), path, default_func="gpufleet.worker.tasks:echo", batch_id="same")
     with pytest.raises(GpufleetError, match="already exists"):
-        submit_file(r, Settings(), path, default_func="worker.tasks:echo", batch_id="same")
+        submit_file(r, Settings(), path, default_func="gpufleet.worker.tasks:echo", batch_id="same")
 
 
 def test_an_empty_file_is_refused(r: redis.Redis, tmp_path: Path) -> None:
     with pytest.raises(JobFileError, match="no jobs"):
-        submit_file(r, Settings(), write_jobs(tmp_path / "j.jsonl", ["", ""]), default_func="worker.tasks:echo")
+        submit_file(r, Settings(), write_jobs(tmp_path / "j.jsonl", ["", ""]), default_func="gpufleet.worker.tasks:echo")
 
 
 def test_results_of_an_unknown_batch_is_a_clear_error(r: redis.Redis) -> None:
@@ -67,14 +67,14 @@ def test_results_of_an_unknown_batch_is_a_clear_error(r: redis.Redis) -> None:
 PEAK_RSS_OF_ONE_SUBMIT = """
 import re, sys
 import redis
-from dispatcher.client import submit_file
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.client.submit import submit_file
+from gpufleet.dispatcher.settings import Settings
 def peak():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 r = redis.Redis.from_url(sys.argv[1])
 r.flushdb()
 before = peak()
-count = submit_file(r, Settings(), sys.argv[2], default_func="worker.tasks:echo").count
+count = submit_file(r, Settings(), sys.argv[2], default_func="gpufleet.worker.tasks:echo").count
 print(count, before, peak())
 """
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import redis
 
-from dispatcher.client import Submitter
-from dispatcher.errors import JobFileError
-from dispatcher.models import JobSpec
-from dispatcher.settings import Settings
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.errors import JobFileError
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
 
-ECHO = "worker.tasks:echo"
+ECHO = "gpufleet.worker.tasks:echo"
 
 
 @pytest.mark.parametrize(

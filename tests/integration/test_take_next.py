@@ -10,22 +10,22 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from dispatcher.client import Submitter
-from dispatcher.job import SERIALIZER, job_class
-from dispatcher.keys import Keys
-from dispatcher.models import JobSpec
-from dispatcher.node_claim import holder_name
-from dispatcher.scripts import Scripts, Taker
-from dispatcher.settings import Settings
-from worker.node_worker import NodeWorker
-from worker.stats import NodeStats
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.store.job import SERIALIZER, job_class
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.fleet.node_claim import holder_name
+from gpufleet.dispatcher.store.scripts import Scripts, Taker
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.worker.node_worker import NodeWorker
+from gpufleet.worker.stats import NodeStats
 
 NODE = "n1"
 
 
 def jobs_on_node(r: redis.Redis, settings: Settings, count: int) -> list[str]:
     keys = Keys(settings.namespace)
-    Submitter(r, settings).submit([JobSpec("worker.tasks:echo", i) for i in range(count)])
+    Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(count)])
     ingress = keys.ingress_queue("normal")
     ids = [i.decode() for i in r.lrange(Keys.rq_queue(ingress), 0, -1)]
     Scripts(r, keys).move_to_nodes(ingress, [(job_id, NODE) for job_id in ids])
@@ -38,7 +38,7 @@ def taker(settings: Settings, incarnation: str = "i1") -> Taker:
 
 
 def node_worker(r: redis.Redis, settings: Settings, cls: type[NodeWorker] = NodeWorker,
-                allow: tuple[str, ...] = ("worker.tasks",)) -> NodeWorker:  # fmt: skip
+                allow: tuple[str, ...] = ("gpufleet.worker.tasks",)) -> NodeWorker:  # fmt: skip
     """A worker of NODE, which it holds (as claim_node_id leaves the liveness key)."""
     keys = Keys(settings.namespace)
     fleet_job = job_class(keys, allow)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from dispatcher.job import allowed_function, job_class
-from dispatcher.keys import Keys
-from worker.batching import batch_spec
+from gpufleet.dispatcher.store.job import allowed_function, job_class
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.worker.batching import batch_spec
 
-TASKS = ("worker.tasks",)
+TASKS = ("gpufleet.worker.tasks",)
 PKG = ("gfa_pkg",)
 
 FILES = {
@@ -58,7 +58,7 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.parametrize(
     "func_name, allowed",
     [
-        ("worker.tasks.echo", TASKS),
+        ("gpufleet.worker.tasks.echo", TASKS),
         ("gfa_pkg.tasks.run", PKG),
         ("gfa_pkg.tasks.wrapped", PKG),  # functools.wraps keeps __module__
         ("gfa_pkg.sub.models.infer", PKG),  # a submodule of an allowed package
@@ -70,7 +70,7 @@ def test_a_function_defined_in_an_allowed_module_is_resolved(func_name: str, all
 
 
 def test_a_batched_task_passes_and_keeps_its_batch_spec() -> None:
-    func = allowed_function("worker.tasks.synthetic_batched", TASKS)
+    func = allowed_function("gpufleet.worker.tasks.synthetic_batched", TASKS)
     assert batch_spec(func) is not None and batch_spec(func).max_size == 32  # type: ignore[union-attr]
 
 
@@ -94,8 +94,8 @@ def test_a_module_outside_the_allow_list_is_refused_before_it_is_imported(func_n
 @pytest.mark.parametrize(
     "func_name, allowed, missing",
     [
-        ("worker.tasks.time.sleep", TASKS, "worker.tasks.time"),  # rq's import_attribute reaches time.sleep
-        ("worker.tasks.echo.__call__", TASKS, "worker.tasks.echo"),
+        ("gpufleet.worker.tasks.time.sleep", TASKS, "gpufleet.worker.tasks.time"),  # rq's import_attribute reaches time.sleep
+        ("gpufleet.worker.tasks.echo.__call__", TASKS, "gpufleet.worker.tasks.echo"),
         ("gfa_pkg.tasks.system.__call__", PKG, "gfa_pkg.tasks.system"),
     ],
 )
@@ -109,10 +109,10 @@ def test_an_attribute_path_after_the_module_is_refused(func_name: str, allowed: 
     "func_name, allowed, why",
     [
         ("gfa_pkg.tasks.helper", PKG, "defined in 'gfa_helpers'"),  # from gfa_helpers import helper
-        ("worker.tasks.batched", TASKS, "defined in 'worker.batching'"),
+        ("gpufleet.worker.tasks.batched", TASKS, "defined in 'gpufleet.worker.batching'"),
         ("gfa_pkg.tasks.system", PKG, "not a function"),  # from os import system (a builtin)
-        ("worker.tasks.time", TASKS, "it is a module, not a function"),
-        ("worker.tasks.Any", TASKS, "not a function"),
+        ("gpufleet.worker.tasks.time", TASKS, "it is a module, not a function"),
+        ("gpufleet.worker.tasks.Any", TASKS, "not a function"),
     ],
 )
 def test_a_name_imported_into_an_allowed_module_is_refused(func_name: str, allowed: tuple[str, ...], why: str) -> None:
@@ -126,11 +126,11 @@ def test_an_allowed_module_that_is_not_installed_fails_as_rq_would() -> None:
 
 
 def test_a_worker_job_refuses_what_a_client_side_job_would_resolve() -> None:
-    """Given a job HASH naming worker.tasks.time.sleep: rq's own resolution finds time.sleep;
+    """Given a job HASH naming gpufleet.worker.tasks.time.sleep: rq's own resolution finds time.sleep;
     the worker's job class (allowed modules set) refuses it."""
     plain = job_class(Keys())
-    job = plain.create("worker.tasks.time.sleep", args=[0], connection=Redis())
+    job = plain.create("gpufleet.worker.tasks.time.sleep", args=[0], connection=Redis())
     assert job.func is time.sleep
-    on_worker = job_class(Keys(), TASKS).create("worker.tasks.time.sleep", args=[0], connection=Redis())
+    on_worker = job_class(Keys(), TASKS).create("gpufleet.worker.tasks.time.sleep", args=[0], connection=Redis())
     with pytest.raises(PermissionError, match="attribute path"):
         on_worker.func

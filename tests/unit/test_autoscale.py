@@ -9,10 +9,10 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from dispatcher.autoscale import (ArrivalMeter, Autoscaler, Decision, Demand, ScaleCommand, ScaleParams, clear_desired,
+from gpufleet.dispatcher.fleet.autoscale import (ArrivalMeter, Autoscaler, Decision, Demand, ScaleCommand, ScaleParams, clear_desired,
                                   decide, demand_of, needed_nodes, publish_desired, read_desired, scale_argv)  # fmt: skip
-from dispatcher.errors import SettingsError
-from dispatcher.keys import Keys
+from gpufleet.dispatcher.errors import SettingsError
+from gpufleet.dispatcher.store.keys import Keys
 from tests.conftest import node
 
 PARAMS = ScaleParams(target_drain_s=60, min_nodes=1, max_nodes=10, up_cooldown_s=15, down_cooldown_s=300)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.batching import BatchResultError, BatchSpec, batch_spec, batched, per_job_results
-from worker.tasks import echo, synthetic_batched
+from gpufleet.worker.batching import BatchResultError, BatchSpec, batch_spec, batched, per_job_results
+from gpufleet.worker.tasks import echo, synthetic_batched
 
 
 def test_batched_marks_the_function_and_leaves_it_callable() -> None:

@@ -9,15 +9,15 @@ from click.testing import CliRunner
 
 import fakeredis
 
-from cli.main import cli
-from cli.render import percentile, render_gpus, render_latency_table, render_status, table
-from dispatcher.keys import Keys
-from dispatcher.redis_server import free_port
-from dispatcher.status import read_status
-from worker.gpu import NvmlProbe, Reading
+from gpufleet.cli.main import cli
+from gpufleet.cli.render import percentile, render_gpus, render_latency_table, render_status, table
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import free_port
+from gpufleet.dispatcher.observe.status import read_status
+from gpufleet.worker.gpu import NvmlProbe, Reading
 from tests.conftest import write_heartbeat
-from worker.heartbeat import NodeInfo, heartbeat_fields
-from worker.stats import StatsView
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import StatsView
 
 from .fake_nvml import FakeGpu, FakeNvml, mig_gpu
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.keys import Keys
+from gpufleet.dispatcher.store.keys import Keys
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"

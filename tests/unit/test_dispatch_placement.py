@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from dispatcher.affinity import pick_affine
-from dispatcher.models import JobSpec, NodeState
-from dispatcher.policies import (
+from gpufleet.dispatcher.routing.affinity import pick_affine
+from gpufleet.dispatcher.routing.models import JobSpec, NodeState
+from gpufleet.dispatcher.routing.policies import (
     POLICY_NAMES,
     LowestScore,
     ShortestExpectedDelay,
@@ -19,7 +19,7 @@ from dispatcher.policies import (
     lowest_score,
     make_policy,
 )
-from dispatcher.router import Router
+from gpufleet.dispatcher.routing.router import Router
 
 PLAIN = JobSpec(func="m:f")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import fakeredis
 
-from dispatcher.keys import Keys
-from dispatcher.snapshot import NodeReader, read_nodes, read_nodes_per_key
-from worker.gpu import GpuReading, Reading
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.fleet.snapshot import NodeReader, read_nodes, read_nodes_per_key
+from gpufleet.worker.gpu import GpuReading, Reading
 from tests.conftest import write_heartbeat
-from worker.heartbeat import NodeInfo, heartbeat_fields
-from worker.stats import StatsView
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import StatsView
 
 KEYS = Keys("t")
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from worker.gpu import CpuProbe, GpuDevice, NvmlProbe, discover_gpus, make_probe
+from gpufleet.worker.gpu import CpuProbe, GpuDevice, NvmlProbe, discover_gpus, make_probe
 
 from .fake_nvml import FakeGpu, FakeNvml, mig_gpu
 

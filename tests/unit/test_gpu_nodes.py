@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from dispatcher.errors import SettingsError
-from worker.gpu import GpuDevice
-from worker.gpu_nodes import cuda_visible_devices, gpu_node_id, group_gpus, select_gpus
+from gpufleet.cli.main import cli
+from gpufleet.dispatcher.errors import SettingsError
+from gpufleet.worker.gpu import GpuDevice
+from gpufleet.worker.gpu_nodes import cuda_visible_devices, gpu_node_id, group_gpus, select_gpus
 
 
 def gpu(label: str) -> GpuDevice:
@@ -69,7 +69,7 @@ def test_node_ids_and_pinning_name_the_gpus() -> None:
 def test_the_worker_command_refuses_a_bad_gpu_layout_before_starting_anything(
     args: list[str], code: int, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.run.discover_gpus", lambda: ())  # a host without NVML
+    monkeypatch.setattr("gpufleet.worker.run.discover_gpus", lambda: ())  # a host without NVML
     result = CliRunner().invoke(cli, ["--redis-url", "redis://127.0.0.1:1/0", "worker", *args])
     assert (result.exit_code, message in result.output) == (code, True), result.output
     assert "Traceback" not in result.output

@@ -6,12 +6,12 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from dispatcher.keys import Keys
-from dispatcher.snapshot import read_nodes
-from worker.gpu import CpuProbe, GpuReading, NvmlProbe, Reading, make_probe
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.worker.gpu import CpuProbe, GpuReading, NvmlProbe, Reading, make_probe
 from tests.conftest import write_heartbeat
-from worker.heartbeat import NodeInfo, heartbeat_fields
-from worker.stats import NodeStats, StatsView
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import NodeStats, StatsView
 
 KEYS = Keys("t")
 

@@ -12,10 +12,10 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from dispatcher.client import new_job_ids
-from dispatcher.job import QueuedJobHash, job_class, needs_spec
-from dispatcher.keys import JobField, Keys
-from dispatcher.models import JobSpec
+from gpufleet.dispatcher.client.submit import new_job_ids
+from gpufleet.dispatcher.store.job import QueuedJobHash, job_class, needs_spec
+from gpufleet.dispatcher.store.keys import JobField, Keys
+from gpufleet.dispatcher.routing.models import JobSpec
 
 KEYS = Keys("ns")
 CONN = Redis()  # never connected: Job.create, to_dict and restore do no I/O
@@ -41,16 +41,16 @@ def rq_to_dict(spec: JobSpec, job_id: str, origin: str, stamp: Any) -> dict[str,
 
 @pytest.mark.parametrize("value", INPUTS)
 def test_data_is_byte_for_byte_what_rq_stores(value: Any) -> None:
-    spec = JobSpec("worker.tasks:echo", value)
+    spec = JobSpec("gpufleet.worker.tasks:echo", value)
     [job_id] = new_job_ids(1)
     _, fields = as_hash(QueuedJobHash(KEYS, "b", 3600).build(job_id, spec, utcformat(now())))
     expected = rq_to_dict(spec, job_id, KEYS.ingress_queue("normal"), now())["data"]
     assert fields[b"data"] == expected
-    assert JSONSerializer.loads(zlib.decompress(fields[b"data"])) == ["worker.tasks.echo", None, [value], {}]
+    assert JSONSerializer.loads(zlib.decompress(fields[b"data"])) == ["gpufleet.worker.tasks.echo", None, [value], {}]
 
 
 def test_every_nonempty_rq_field_matches_to_dict_and_the_empty_ones_are_left_out() -> None:
-    spec = JobSpec("worker.tasks:echo", {"i": 1}, priority="high", timeout_s=30)
+    spec = JobSpec("gpufleet.worker.tasks:echo", {"i": 1}, priority="high", timeout_s=30)
     stamp = now()
     [job_id] = new_job_ids(1)
     key, fields = as_hash(QueuedJobHash(KEYS, "b1", 3600).build(job_id, spec, utcformat(stamp)))
@@ -67,7 +67,7 @@ def test_every_nonempty_rq_field_matches_to_dict_and_the_empty_ones_are_left_out
 
 
 def test_rq_and_fleetjob_restore_it_as_the_job_that_was_asked_for() -> None:
-    spec = JobSpec("worker.tasks:echo", {"x": [1, 2]}, client_id="c7", model="m", affinity="s1", priority="low",
+    spec = JobSpec("gpufleet.worker.tasks:echo", {"x": [1, 2]}, client_id="c7", model="m", affinity="s1", priority="low",
                    timeout_s=45, retries=2, gpu_mem_gib=1.5)  # fmt: skip
     stamp = now()
     [job_id] = new_job_ids(1)
@@ -75,9 +75,9 @@ def test_rq_and_fleetjob_restore_it_as_the_job_that_was_asked_for() -> None:
     for cls in (Job, job_class(KEYS)):
         job = cls(job_id, connection=CONN, serializer=JSONSerializer)
         job.restore(fields)
-        assert (job.func_name, job.args, job.kwargs, job.instance) == ("worker.tasks.echo", [{"x": [1, 2]}], {}, None)
+        assert (job.func_name, job.args, job.kwargs, job.instance) == ("gpufleet.worker.tasks.echo", [{"x": [1, 2]}], {}, None)
         assert (job.origin, job.get_status(refresh=False), job.description) == ("ns.ingress.low", JobStatus.QUEUED,
-                                                                                "worker.tasks:echo")  # fmt: skip
+                                                                                "gpufleet.worker.tasks:echo")  # fmt: skip
         assert (job.timeout, job.result_ttl, job.failure_ttl) == (45, 600, 600)
         assert job.enqueued_at == job.created_at == stamp.replace(tzinfo=job.enqueued_at.tzinfo)
         assert job.started_at is None and job.ended_at is None and job.worker_name is None and job.meta == {}

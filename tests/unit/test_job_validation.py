@@ -7,11 +7,11 @@ import io
 
 import pytest
 
-from dispatcher.errors import JobFileError
-from dispatcher.jobfile import check_specs, read_jobs
-from dispatcher.models import JobSpec
+from gpufleet.dispatcher.errors import JobFileError
+from gpufleet.dispatcher.client.jobfile import check_specs, read_jobs
+from gpufleet.dispatcher.routing.models import JobSpec
 
-ECHO = "worker.tasks:echo"
+ECHO = "gpufleet.worker.tasks:echo"
 NAN, INF = float("nan"), float("inf")
 
 
@@ -49,7 +49,7 @@ def file_refusal(text: str) -> JobFileError:
         ({"input": {"x": [1, {"y": -INF}]}}, "input", "no NaN or Infinity"),  # anywhere, however deep
         ({"input": {1, 2}}, "input", "not JSON serializable"),
         ({"func": "nonsense"}, "func", "module:function"),
-        ({"func": "worker.tasks:nope"}, "func", "no function 'nope'"),
+        ({"func": "gpufleet.worker.tasks:nope"}, "func", "no function 'nope'"),
     ],
 )
 def test_a_bad_jobspec_is_refused_naming_its_number_and_field(fields: dict[str, object], field: str,

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from dispatcher.errors import JobFileError
-from dispatcher.jobfile import MAX_LINE_BYTES, check_func, count_jobs, read_jobs
+from gpufleet.dispatcher.errors import JobFileError
+from gpufleet.dispatcher.client.jobfile import MAX_LINE_BYTES, check_func, count_jobs, read_jobs
 
 
 def parse(text: str | bytes, **kw: object) -> list:
@@ -22,17 +22,17 @@ def error_of(text: str | bytes, **kw: object) -> JobFileError:
 
 
 def test_a_full_line_becomes_a_jobspec_with_every_field() -> None:
-    line = ('{"input": {"x": 1}, "func": "worker.tasks:echo", "id": 7, "model": "m", "affinity": "s1",'
+    line = ('{"input": {"x": 1}, "func": "gpufleet.worker.tasks:echo", "id": 7, "model": "m", "affinity": "s1",'
             ' "priority": "high", "timeout": 30, "retries": 2, "gpu_mem": 1.5}\n')  # fmt: skip
     [spec] = parse(line)
     assert (spec.func, spec.input, spec.client_id, spec.model, spec.affinity) == (
-        "worker.tasks:echo", {"x": 1}, "7", "m", "s1")  # fmt: skip
+        "gpufleet.worker.tasks:echo", {"x": 1}, "7", "m", "s1")  # fmt: skip
     assert (spec.priority, spec.timeout_s, spec.retries, spec.gpu_mem_gib) == ("high", 30, 2, 1.5)
 
 
 def test_defaults_fill_func_and_priority_and_blank_lines_are_skipped() -> None:
-    specs = parse('{"input": 1}\n\n   \n{"input": null}\n', default_func="worker.tasks:echo", default_priority="low")
-    assert [(s.func, s.input, s.priority) for s in specs] == [("worker.tasks:echo", 1, "low"), ("worker.tasks:echo", None, "low")]
+    specs = parse('{"input": 1}\n\n   \n{"input": null}\n', default_func="gpufleet.worker.tasks:echo", default_priority="low")
+    assert [(s.func, s.input, s.priority) for s in specs] == [("gpufleet.worker.tasks:echo", 1, "low"), ("gpufleet.worker.tasks:echo", None, "low")]
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_defaults_fill_func_and_priority_and_blank_lines_are_skipped() -> None:
     [
         ('{"input": 1}\n{"input": \n', 2, None, "not valid JSON"),
         ('[1, 2]\n', 1, None, "expected a JSON object"),
-        ('{"func": "worker.tasks:echo"}\n', 1, "input", "missing"),
+        ('{"func": "gpufleet.worker.tasks:echo"}\n', 1, "input", "missing"),
         ('{"input": 1, "prio": "high"}\n', 1, "prio", "unknown field"),
         ('{"input": 1, "priority": "urgent"}\n', 1, "priority", "urgent"),
         ('{"input": 1, "timeout": "10"}\n', 1, "timeout", "integer"),
@@ -52,25 +52,25 @@ def test_defaults_fill_func_and_priority_and_blank_lines_are_skipped() -> None:
         ('{"input": 1, "id": [1]}\n', 1, "id", "string or an integer"),
         ('{"input": 1, "id": "a"}\n{"input": 2, "id": "a"}\n', 2, "id", "already used on line 1"),
         ('{"input": 1, "func": "nonsense"}\n', 1, "func", "module:function"),
-        ('{"input": 1, "func": "worker.tasks:nope"}\n', 1, "func", "no function 'nope'"),
+        ('{"input": 1, "func": "gpufleet.worker.tasks:nope"}\n', 1, "func", "no function 'nope'"),
         ('{"input": 1, "func": "no_such_module_xyz:f"}\n', 1, "func", "cannot be imported"),
     ],
 )
 def test_a_bad_line_is_refused_naming_line_and_field(text: str, line_no: int, field: str | None, words: str) -> None:
-    err = error_of(text, default_func="worker.tasks:echo")
+    err = error_of(text, default_func="gpufleet.worker.tasks:echo")
     assert (err.line_no, err.field) == (line_no, field)
     assert words in str(err)
     assert str(err).startswith(f"jobs.jsonl:{line_no}") and "nothing was enqueued" in str(err)
     with pytest.raises(JobFileError) as counted:  # the validation pass refuses it the same way
-        count_jobs(io.BytesIO(text.encode()), source="jobs.jsonl", default_func="worker.tasks:echo")
+        count_jobs(io.BytesIO(text.encode()), source="jobs.jsonl", default_func="gpufleet.worker.tasks:echo")
     assert str(counted.value) == str(err)
 
 
 def test_count_jobs_counts_what_read_jobs_yields() -> None:
     text = ('{"input": 1}\n\n{"input": 2, "id": "a", "priority": "low"}\n  \n'
-            '{"input": null, "func": "worker.tasks:echo"}\n')  # fmt: skip
-    assert count_jobs(io.BytesIO(text.encode()), source="j", default_func="worker.tasks:echo") == 3
-    assert len(parse(text, default_func="worker.tasks:echo")) == 3
+            '{"input": null, "func": "gpufleet.worker.tasks:echo"}\n')  # fmt: skip
+    assert count_jobs(io.BytesIO(text.encode()), source="j", default_func="gpufleet.worker.tasks:echo") == 3
+    assert len(parse(text, default_func="gpufleet.worker.tasks:echo")) == 3
 
 
 def test_without_func_anywhere_the_line_is_refused() -> None:
@@ -78,15 +78,15 @@ def test_without_func_anywhere_the_line_is_refused() -> None:
 
 
 def test_invalid_utf8_is_refused_with_its_line() -> None:
-    err = error_of(b'{"input": 1}\n{"input": "\xff\xfe"}\n', default_func="worker.tasks:echo")
+    err = error_of(b'{"input": 1}\n{"input": "\xff\xfe"}\n', default_func="gpufleet.worker.tasks:echo")
     assert err.line_no == 2 and "UTF-8" in str(err)
 
 
 def test_an_oversized_line_is_refused_without_reading_it_whole() -> None:
     big = b'{"input": "' + b"x" * (MAX_LINE_BYTES + 10) + b'"}\n'
-    err = error_of(b'{"input": 1}\n' + big, default_func="worker.tasks:echo")
+    err = error_of(b'{"input": 1}\n' + big, default_func="gpufleet.worker.tasks:echo")
     assert err.line_no == 2 and "longer than" in str(err)
 
 
 def test_check_func_accepts_builtin_tasks() -> None:
-    assert check_func("worker.tasks:synthetic") is None
+    assert check_func("gpufleet.worker.tasks:synthetic") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dispatcher.keys import Keys
+from gpufleet.dispatcher.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 

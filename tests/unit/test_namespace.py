@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from dispatcher.errors import SettingsError
-from dispatcher.settings import Settings
+from gpufleet.cli.main import cli
+from gpufleet.dispatcher.errors import SettingsError
+from gpufleet.dispatcher.settings import Settings
 
 BAD = [
     "",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dispatcher.models import JobSpec, NodeState
-from dispatcher.outliers import FailureRateOutliers
-from dispatcher.policies import eligible
-from dispatcher.status import node_state_word
+from gpufleet.dispatcher.routing.models import JobSpec, NodeState
+from gpufleet.dispatcher.fleet.outliers import FailureRateOutliers
+from gpufleet.dispatcher.routing.policies import eligible
+from gpufleet.dispatcher.observe.status import node_state_word
 from tests.conftest import node
-from worker.gpu import NvmlProbe
-from worker.heartbeat import NodeInfo, heartbeat_fields
-from worker.stats import StatsView
+from gpufleet.worker.gpu import NvmlProbe
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import StatsView
 
 from .test_heartbeat import FakeNvml
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import SettingsError
-from dispatcher.models import JobSpec, NodeState
-from dispatcher.policies import (
+from gpufleet.dispatcher.errors import SettingsError
+from gpufleet.dispatcher.routing.models import JobSpec, NodeState
+from gpufleet.dispatcher.routing.policies import (
     DEFAULT_POLICY,
     POLICY_NAMES,
     LeastConnections,

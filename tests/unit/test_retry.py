@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from dispatcher.retry import retry_delay_s
+from gpufleet.dispatcher.fleet.retry import retry_delay_s
 
 BASE_S, CAP_S = 1.0, 60.0
 SEEDS = range(200)

@@ -7,10 +7,10 @@ import math
 from collections import Counter
 from typing import Any
 
-from dispatcher.affinity import load_cap, rendezvous_order, rendezvous_score
-from dispatcher.models import JobSpec, NodeState
-from dispatcher.policies import LeastConnections, ShortestExpectedDelay
-from dispatcher.router import Router
+from gpufleet.dispatcher.routing.affinity import load_cap, rendezvous_order, rendezvous_score
+from gpufleet.dispatcher.routing.models import JobSpec, NodeState
+from gpufleet.dispatcher.routing.policies import LeastConnections, ShortestExpectedDelay
+from gpufleet.dispatcher.routing.router import Router
 
 JOB = JobSpec(func="m:f")
 

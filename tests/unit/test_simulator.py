@@ -10,9 +10,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.simulate import simulate as simulate_command
-from dispatcher.errors import SettingsError
-from dispatcher.simulator import SimConfig, simulate
+from gpufleet.cli.simulate import simulate as simulate_command
+from gpufleet.dispatcher.errors import SettingsError
+from gpufleet.dispatcher.sim.simulator import SimConfig, simulate
 
 EQUAL_100 = (1.0,) * 100
 MIXED = (1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 8.0)

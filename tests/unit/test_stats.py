@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.stats import NodeStats
+from gpufleet.worker.stats import NodeStats
 
 
 def test_a_batch_counts_as_many_jobs_each_taking_the_batch_time() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli.live import Sample, bar, jobs_per_s, render_frame, seconds
-from cli.main import cli
-from cli.status import render_batch
-from dispatcher.redis_server import free_port
-from dispatcher.results import BatchProgress, BatchRow
+from gpufleet.cli.live import Sample, bar, jobs_per_s, render_frame, seconds
+from gpufleet.cli.main import cli
+from gpufleet.cli.status import render_batch
+from gpufleet.dispatcher.store.redis_server import free_port
+from gpufleet.dispatcher.client.results import BatchProgress, BatchRow
 
 NOW = 1_800_000_000.0
 STATES = ("alive", "alive", "dead", "draining", "ejected", "unhealthy")

@@ -10,9 +10,9 @@ from typing import Any
 
 from redis import Redis
 
-from .keys import PRIORITIES, Keys
-from .models import NodeState
-from .snapshot import read_nodes
+from ..store.keys import PRIORITIES, Keys
+from ..routing.models import NodeState
+from ..fleet.snapshot import read_nodes
 
 
 def node_state_word(n: NodeState) -> str:

@@ -19,9 +19,8 @@ from redis.client import Pipeline
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from .jobfile import func_path
 from .keys import JobField, Keys
-from .models import JobSpec
+from ..routing.models import JobSpec
 
 SERIALIZER = JSONSerializer  # JSON on the wire, both sides; never pickle
 
@@ -121,12 +120,17 @@ class FleetJob(Job):
             pipeline.hincrby(self.keys.batch_info(self.batch_id), counter, 1)
 
 
+def func_path(func: str) -> str:
+    """rq's dotted form of 'module:function' ('module.function')."""
+    return func.replace(":", ".")
+
+
 @lru_cache(maxsize=256)
 def allowed_function(func_name: str, allowed_modules: tuple[str, ...]) -> Callable[..., Any]:
     """The function that rq's dotted `func_name` names, if a worker allowed `allowed_modules` may
     run it. Anyone who can write to Redis can write a job HASH, so the worker is the trust
-    boundary. rq's import_attribute would follow any attribute path: `worker.tasks.time.sleep`
-    would reach the time module that worker.tasks imports. So the name is read as one module plus
+    boundary. rq's import_attribute would follow any attribute path: `gpufleet.worker.tasks.time.sleep`
+    would reach the time module that gpufleet.worker.tasks imports. So the name is read as one module plus
     one attribute. The module must be an allowed module or a submodule of one, and that is
     checked before anything is imported. The attribute must be a function whose own __module__ is
     allowed, which refuses `from os import system`. functools.wraps and @batched keep __module__.

@@ -14,9 +14,9 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from .models import JobSpec, NodeState
-from .policies import make_policy
-from .router import Router
+from ..routing.models import JobSpec, NodeState
+from ..routing.policies import make_policy
+from ..routing.router import Router
 from .simulator import SimConfig, Workload
 
 INF = float("inf")

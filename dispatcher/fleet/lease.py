@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from redis import Redis
 
-from .keys import Keys
-from .scripts import Scripts
+from ..store.keys import Keys
+from ..store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

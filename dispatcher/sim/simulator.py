@@ -40,8 +40,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from .errors import SettingsError
-from .policies import DEFAULT_POLICY, POLICY_NAMES
+from ..errors import SettingsError
+from ..routing.policies import DEFAULT_POLICY, POLICY_NAMES
 
 CENTRAL_QUEUE = "central-queue"
 SIM_POLICY_NAMES = (*POLICY_NAMES, CENTRAL_QUEUE)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from .errors import SettingsError
-from .keys import PRIORITIES, Keys
-from .models import NodeState
+from ..errors import SettingsError
+from ..store.keys import PRIORITIES, Keys
+from ..routing.models import NodeState
 
 log = logging.getLogger(__name__)
 

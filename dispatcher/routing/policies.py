@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import SettingsError
+from ..errors import SettingsError
 from .models import JobSpec, NodeState
 
 

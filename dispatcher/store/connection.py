@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from .errors import RedisUnavailable, SettingsError
+from ..errors import RedisUnavailable, SettingsError
 
 # Errors that mean "Redis is not there right now", not "this command or job is wrong": the
 # server is down, restarting (loading its AOF), unreachable, or a demoted master that now

@@ -20,12 +20,12 @@ from typing import IO
 from redis import Redis
 from rq.utils import now, utcformat
 
-from .errors import GpufleetError, JobFileError
-from .job import BatchCounter, QueuedJobHash, wake_dispatcher
+from ..errors import GpufleetError, JobFileError
+from ..store.job import BatchCounter, QueuedJobHash, wake_dispatcher
 from .jobfile import check_specs, count_jobs, read_jobs
-from .keys import RQ_QUEUES, Keys
-from .models import JobSpec
-from .settings import Settings
+from ..store.keys import RQ_QUEUES, Keys
+from ..routing.models import JobSpec
+from ..settings import Settings
 
 Progress = Callable[[int], None]  # called with the number of jobs just enqueued
 

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .models import NodeState
+from ..routing.models import NodeState
 
 
 @dataclass

@@ -11,9 +11,9 @@ from redis import Redis
 from rq.utils import as_text
 from rq.results import Result
 
-from .errors import NotFound
-from .job import SERIALIZER, BatchCounter, job_class
-from .keys import JobField, Keys
+from ..errors import NotFound
+from ..store.job import SERIALIZER, BatchCounter, job_class
+from ..store.keys import JobField, Keys
 
 READ_CHUNK = 500  # jobs per pipelined round trip
 

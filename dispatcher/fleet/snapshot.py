@@ -25,8 +25,8 @@ from typing import Any, cast
 from redis import Redis
 from rq.utils import as_text
 
-from .keys import Keys
-from .models import NodeState
+from ..store.keys import Keys
+from ..routing.models import NodeState
 from .node_claim import drains
 
 

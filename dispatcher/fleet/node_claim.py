@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 from redis import Redis
 
-from .errors import NodeIdInUse
-from .keys import Keys
-from .scripts import Scripts
+from ..errors import NodeIdInUse
+from ..store.keys import Keys
+from ..store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import redis
 
-from .errors import GpufleetError
+from ..errors import GpufleetError
 
 
 def find_redis_server() -> str:

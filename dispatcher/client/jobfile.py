@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import IO, Any, NoReturn
 
-from .errors import JobFileError
-from .keys import PRIORITIES
-from .models import JobSpec
+from ..errors import JobFileError
+from ..store.keys import PRIORITIES
+from ..routing.models import JobSpec
 
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one job's input; larger payloads belong in object storage
 FIELDS = ("input", "func", "id", "model", "affinity", "priority", "timeout", "retries", "gpu_mem")
@@ -50,7 +50,7 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite
 def check_func(func: str) -> str | None:
     """Why `func` ("module:function") cannot be run, or None if it resolves to a callable here."""
     if not _FUNC_RE.match(func):
-        return f"{func!r} is not of the form 'module:function' (e.g. 'worker.tasks:echo')"
+        return f"{func!r} is not of the form 'module:function' (e.g. 'gpufleet.worker.tasks:echo')"
     module_name, attr = func.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -59,11 +59,6 @@ def check_func(func: str) -> str | None:
     if not callable(getattr(module, attr, None)):
         return f"{module_name!r} has no function {attr!r}"
     return None
-
-
-def func_path(func: str) -> str:
-    """rq's dotted form of 'module:function' ('module.function')."""
-    return func.replace(":", ".")
 
 
 def parse_line(text: str, *, source: str, line_no: int, default_func: str | None, default_priority: str) -> JobSpec:

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from redis import Redis
 from rq.utils import as_text
 
-from .errors import NotFound
-from .job import BatchCounter
-from .keys import PRIORITIES, JobField, Keys
+from ..errors import NotFound
+from ..store.job import BatchCounter
+from ..store.keys import PRIORITIES, JobField, Keys
 from .node_claim import OPERATOR_DRAIN
-from .scripts import MOVED, Ending, JobPlace, Scripts
-from .settings import Settings
+from ..store.scripts import MOVED, Ending, JobPlace, Scripts
+from ..settings import Settings
 
 CHUNK = 500
 

@@ -24,9 +24,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis
 
-from .errors import SettingsError
-from .keys import PRIORITIES, Keys
-from .models import NodeState
+from ..errors import SettingsError
+from ..store.keys import PRIORITIES, Keys
+from ..routing.models import NodeState
 from .status import GpuFigure, gpu_figures, node_state_word
 
 STATES = ("alive", "dead", "draining", "ejected", "unhealthy")  # every one is exported, 0 included

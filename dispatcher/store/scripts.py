@@ -23,7 +23,7 @@ from .keys import RQ_QUEUES, JobField, Keys
 
 _SOURCES = {
     f.name.removesuffix(".lua"): f.read_text(encoding="utf-8")
-    for f in files("dispatcher").joinpath("lua").iterdir()
+    for f in files(__package__).joinpath("lua").iterdir()
     if f.name.endswith(".lua")
 }
 
