@@ -1,6 +1,6 @@
 """gpufleet's core, in subpackages that read as the data flow:
 
-    client/   submit jobs, read job files, read results back        (the user's process)
+    client/   the Python Client; submit, job files, results          (the user's process)
     store/    keys, connections, Lua scripts, the rq job             (Redis, below everything)
     routing/  job and node records, policies, the router             (pure: no Redis)
     fleet/    node snapshot, node claims, health, lease, autoscale   (the nodes' state)
@@ -9,16 +9,26 @@
     loop.py   snapshot -> router -> move script: the one dispatch loop
 
 errors.py and settings.py are shared by all. routing imports no other part, store only
-routing's two records (JobSpec, NodeState); client, fleet and observe build on those two;
-loop.py imports the rest. Nothing here imports gpufleet.worker or gpufleet.cli.
+routing's two records (JobSpec, NodeState); client, fleet and observe build on those two
+(the Client's cancel is fleet's control.cancel); loop.py imports the rest. Nothing here imports gpufleet.worker or gpufleet.cli.
 """
 
-from .client.results import iter_results, read_progress
+from .client.api import Batch, Client
+from .client.results import BatchProgress, iter_results, read_progress
 from .client.submit import SubmitReceipt, Submitter, submit_file
+from .errors import BatchTimeout, GpufleetError, JobFailed
+from .fleet.control import CancelReport
 from .routing.models import JobSpec, NodeState
 from .settings import Settings
 
 __all__ = [
+    "Batch",
+    "BatchProgress",
+    "BatchTimeout",
+    "CancelReport",
+    "Client",
+    "GpufleetError",
+    "JobFailed",
     "JobSpec",
     "NodeState",
     "Settings",

@@ -6,10 +6,14 @@
     ├── SettingsError        a setting or flag has a value gpufleet cannot use
     ├── NotFound             a batch, job or node that does not exist
     ├── NodeIdInUse          a live worker process already runs this node id
-    └── NodeTakenOver        another worker process took this node id over
+    ├── NodeTakenOver        another worker process took this node id over
+    ├── BatchTimeout         Batch.wait's timeout passed first (also a TimeoutError)
+    └── JobFailed            Client.map met a job that ended without a result
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class GpufleetError(Exception):
@@ -65,3 +69,28 @@ class NodeTakenOver(GpufleetError):
         super().__init__(f"node id {node_id!r} was taken over by another worker process; this one stopped "
                          "(were two workers started under one --node-id?)")  # fmt: skip
         self.node_id = node_id
+
+
+class BatchTimeout(GpufleetError, TimeoutError):
+    """Raised when Batch.wait's timeout passes before every job of the batch ended."""
+
+    def __init__(self, batch_id: str, timeout_s: float, *, size: int, finished: int, failed: int,
+                 canceled: int) -> None:  # fmt: skip
+        super().__init__(
+            f"batch {batch_id!r} not done after {timeout_s:g} s: {finished + failed + canceled} of {size} jobs "
+            f"ended (finished={finished} failed={failed} canceled={canceled}); its jobs keep running: wait "
+            "again, or cancel it"
+        )
+        self.batch_id = batch_id
+
+
+class JobFailed(GpufleetError):
+    """Raised by Client.map for a job that ended without a result: failed, canceled or expired."""
+
+    def __init__(self, batch_id: str, index: int, record: dict[str, Any]) -> None:
+        node = f" on node {record['node']}" if record.get("node") else ""
+        super().__init__(f"job {index} of batch {batch_id!r} {record['status']}{node}: "
+                         f"{record.get('error') or 'no result'}")  # fmt: skip
+        self.batch_id = batch_id
+        self.index = index  # its position in the inputs, from 0
+        self.record = record  # its `results` record

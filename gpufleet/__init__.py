@@ -3,8 +3,44 @@
 The import name of the whole distribution: gpufleet.dispatcher (the core), gpufleet.worker
 (what runs on a GPU host) and gpufleet.cli (the `gpufleet` command) live in the repository's
 dispatcher/, worker/ and cli/ folders, mapped here by pyproject.toml's package-dir.
+
+The Python API is `Client` (see README "Python API"):
+
+    from gpufleet import Client
+    with Client() as client:                 # GPUFLEET_REDIS_URL, GPUFLEET_NAMESPACE
+        batch = client.submit("mypkg.infer:run", inputs)
 """
 
-from gpufleet.dispatcher import JobSpec, Settings, SubmitReceipt, Submitter, iter_results, read_progress, submit_file
+from gpufleet.dispatcher import (
+    Batch,
+    BatchProgress,
+    BatchTimeout,
+    CancelReport,
+    Client,
+    GpufleetError,
+    JobFailed,
+    JobSpec,
+    Settings,
+    SubmitReceipt,
+    Submitter,
+    iter_results,
+    read_progress,
+    submit_file,
+)
 
-__all__ = ["JobSpec", "Settings", "SubmitReceipt", "Submitter", "iter_results", "read_progress", "submit_file"]
+__all__ = [
+    "Batch",
+    "BatchProgress",
+    "BatchTimeout",
+    "CancelReport",
+    "Client",
+    "GpufleetError",
+    "JobFailed",
+    "JobSpec",
+    "Settings",
+    "SubmitReceipt",
+    "Submitter",
+    "iter_results",
+    "read_progress",
+    "submit_file",
+]

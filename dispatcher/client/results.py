@@ -58,11 +58,12 @@ def iter_results(r: Redis, keys: Keys, batch_id: str) -> Iterator[dict[str, Any]
                 p.xrevrange(Keys.rq_results(job_id), "+", "-", count=1)
             replies = p.execute()
         for job_id, raw, latest in zip(ids, replies[0::2], replies[1::2]):
-            yield _result_record(r, cls, job_id, raw, latest)
+            yield result_record(r, cls, job_id, raw, latest)
         start += READ_CHUNK
 
 
-def _result_record(r: Redis, cls: Any, job_id: str, raw: dict[bytes, bytes], latest: list[Any]) -> dict[str, Any]:
+def result_record(r: Redis, cls: Any, job_id: str, raw: dict[bytes, bytes], latest: list[Any]) -> dict[str, Any]:
+    """One job's `results` record, from its HGETALL and its newest Result (XREVRANGE count 1)."""
     if not raw:
         return {"id": job_id, "status": "expired", "node": None, "error": "job data expired from Redis", "attempts": 0}
     job = cls(job_id, connection=r)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 
@@ -52,8 +53,9 @@ def test_defaults_fill_func_and_priority_and_blank_lines_are_skipped() -> None:
         ('{"input": 1, "id": [1]}\n', 1, "id", "string or an integer"),
         ('{"input": 1, "id": "a"}\n{"input": 2, "id": "a"}\n', 2, "id", "already used on line 1"),
         ('{"input": 1, "func": "nonsense"}\n', 1, "func", "module:function"),
-        ('{"input": 1, "func": "gpufleet.worker.tasks:nope"}\n', 1, "func", "no function 'nope'"),
-        ('{"input": 1, "func": "no_such_module_xyz:f"}\n', 1, "func", "cannot be imported"),
+        ('{"input": 1, "func": "pkg.mod:f:g"}\n', 1, "func", "module:function"),
+        ('{"input": 1, "func": "pkg..mod:f"}\n', 1, "func", "module:function"),
+        ('{"input": 1, "func": "pkg.mod:1f"}\n', 1, "func", "module:function"),
     ],
 )
 def test_a_bad_line_is_refused_naming_line_and_field(text: str, line_no: int, field: str | None, words: str) -> None:
@@ -90,3 +92,13 @@ def test_an_oversized_line_is_refused_without_reading_it_whole() -> None:
 
 def test_check_func_accepts_builtin_tasks() -> None:
     assert check_func("gpufleet.worker.tasks:synthetic") is None
+
+
+def test_a_func_is_checked_for_its_form_only_and_its_module_is_never_imported() -> None:
+    """Resolving the function is the worker's job: a module the submitting machine lacks, or a
+    function that does not exist, is accepted here (and fails on the worker with its error)."""
+    specs = parse('{"input": 1, "func": "gf_absent_pkg_xyz.infer:run"}\n'
+                  '{"input": 2, "func": "gpufleet.worker.tasks:nope"}\n')  # fmt: skip
+    assert [s.func for s in specs] == ["gf_absent_pkg_xyz.infer:run", "gpufleet.worker.tasks:nope"]
+    assert check_func("gf_absent_pkg_xyz.infer:run") is None
+    assert "gf_absent_pkg_xyz" not in sys.modules and "gf_absent_pkg_xyz.infer" not in sys.modules
