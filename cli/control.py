@@ -1,4 +1,4 @@
-"""`gpufleet drain|undrain NODE`, `gpufleet cancel BATCH|JOB`, `gpufleet requeue --failed`."""
+"""`gpufleet drain|undrain|forget NODE`, `gpufleet cancel BATCH|JOB`, `gpufleet requeue --failed`."""
 
 from __future__ import annotations
 
@@ -10,26 +10,48 @@ from gpufleet.dispatcher.fleet import control
 from gpufleet.dispatcher.store.connection import connect
 from gpufleet.dispatcher.store.keys import Keys
 
-from .main import CliState, pass_state
+from .state import CliState, pass_state
 
 
 @click.command()
 @click.argument("node_id", metavar="NODE")
+@click.option("--json", "as_json", is_flag=True, help='Print {"node": NODE, "draining": true} instead.')
 @pass_state
-def drain(state: CliState, node_id: str) -> None:
+def drain(state: CliState, node_id: str, as_json: bool) -> None:
     """Stop routing to NODE. Its queued jobs go back to the ingress for other nodes; the job it
     is running finishes there. The node stays drained until `gpufleet undrain NODE`."""
     control.drain(connect(state.settings.redis_url), Keys(state.settings.namespace), node_id)
-    click.echo(f"draining {node_id}")
+    click.echo(json.dumps({"node": node_id, "draining": True}) if as_json else f"draining {node_id}")
 
 
 @click.command()
 @click.argument("node_id", metavar="NODE")
+@click.option("--json", "as_json", is_flag=True, help='Print {"node": NODE, "draining": false} instead.')
 @pass_state
-def undrain(state: CliState, node_id: str) -> None:
+def undrain(state: CliState, node_id: str, as_json: bool) -> None:
     """Route to NODE again after `gpufleet drain`."""
     control.undrain(connect(state.settings.redis_url), Keys(state.settings.namespace), node_id)
-    click.echo(f"routing to {node_id} again")
+    click.echo(json.dumps({"node": node_id, "draining": False}) if as_json else f"routing to {node_id} again")
+
+
+@click.command()
+@click.argument("node_id", metavar="NODE")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@pass_state
+def forget(state: CliState, node_id: str, as_json: bool) -> None:
+    """Remove a dead NODE from Redis (its heartbeat, flags, held lists and queue), so `status`
+    no longer lists it. A live node is refused (exit 1). Jobs it still has are handed back
+    first, as for any dead node: queued ones to the ingress, running ones retried elsewhere.
+    Its failed jobs stay for `gpufleet requeue --failed`."""
+    report = control.forget_node(connect(state.settings.redis_url), state.settings, node_id)
+    if as_json:
+        click.echo(json.dumps({"node": report.node, "forgotten": True, "requeued": report.requeued,
+                               "retried": report.retried, "failed": report.failed,
+                               "failed_kept": report.failed_kept}))  # fmt: skip
+        return
+    handed = f"{report.requeued} requeued, {report.retried} retried, {report.failed} failed"
+    kept = f"; {report.failed_kept} failed job(s) kept for `requeue --failed`" if report.failed_kept else ""
+    click.echo(f"forgot {node_id} ({handed}{kept})")
 
 
 @click.command()
@@ -49,8 +71,9 @@ def cancel(state: CliState, target: str, as_json: bool) -> None:
 @click.command()
 @click.option("--failed", is_flag=True, required=True, help="Requeue jobs from the failed registries.")
 @click.option("--batch", "batch_id", metavar="BATCH", help="Only the failed jobs of this batch.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"requeued": N} instead.')
 @pass_state
-def requeue(state: CliState, failed: bool, batch_id: str | None) -> None:
+def requeue(state: CliState, failed: bool, batch_id: str | None, as_json: bool) -> None:
     """Put failed jobs (every node's dead-letter queue) back in the ingress to run again."""
     n = control.requeue_failed(connect(state.settings.redis_url), state.settings, batch_id)
-    click.echo(f"requeued {n} failed job{'s' if n != 1 else ''}")
+    click.echo(json.dumps({"requeued": n}) if as_json else f"requeued {n} failed job{'s' if n != 1 else ''}")

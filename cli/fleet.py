@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from typing import Any
@@ -18,7 +19,7 @@ from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY, POLICY_NAMES, m
 from gpufleet.worker.gpu import PROBE_NAMES
 from gpufleet.worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_gpu_nodes, run_worker
 
-from .main import CliState, pass_state
+from .state import CliState, pass_state
 
 log = logging.getLogger("gpufleet")
 
@@ -58,7 +59,7 @@ def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | 
     chosen = make_policy(settings.policy, alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma)
     r = connect(settings.redis_url)
     stop = _stop_on_signals()
-    metrics = DispatcherMetrics(chosen.name) if metrics_port else None
+    metrics = DispatcherMetrics(chosen.name, forget_dead_after_s=settings.forget_dead_after_s) if metrics_port else None
     if metrics:
         serve(metrics.registry, metrics_port)
     log.info("dispatcher started redis=%s policy=%s", mask_url(settings.redis_url), chosen.name)
@@ -75,9 +76,33 @@ def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | 
     log.info("dispatcher stopped moved=%d", d.moved_total)
 
 
+GPU_LABEL = re.compile(r"\d+(:\d+)?")  # a GPU index, or GPU:instance for a MIG instance
+
+
+def parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--gpus` as typed: 'all', or GPU labels (0,1,3; 0:1 for a MIG instance), each once; anything
+    else is a usage error (exit 2). Whether the host has those GPUs is checked when the worker
+    starts (exit 1: the host, not the typing)."""
+    if value is None:
+        return None
+    spec = value.strip()
+    if spec.lower() == "all":
+        return "all"
+    labels = [s.strip() for s in spec.split(",") if s.strip()]
+    if not labels:
+        raise click.BadParameter(f"{value!r}: give 'all' or GPU indices such as 0,1,3")
+    for label in labels:
+        if not GPU_LABEL.fullmatch(label):
+            raise click.BadParameter(f"{label!r} is not a GPU index; give 'all' or indices such as 0,1,3 "
+                                     "(0:1 for MIG instance 1 of GPU 0)")  # fmt: skip
+    if duplicates := sorted({x for x in labels if labels.count(x) > 1}):
+        raise click.BadParameter(f"GPU {', '.join(duplicates)} named twice in {value!r}")
+    return ",".join(labels)
+
+
 @click.command()
 @click.option("--node-id", default=None, help="This node's id (default: the host name); with --gpus, the prefix of each.")
-@click.option("--gpus", default=None, metavar="all|0,1,3",
+@click.option("--gpus", default=None, metavar="all|0,1,3", callback=parse_gpus,
               help="One node per GPU, each its own process pinned with CUDA_VISIBLE_DEVICES, named "
                    "<node-id>-gpu<N>; restarted if it dies. 'all': every GPU NVML sees, MIG instances "
                    "included (as 0:1). Default: one node on whatever GPUs the process sees.")  # fmt: skip
@@ -112,6 +137,9 @@ def worker(state: CliState, node_id: str | None, gpus: str | None, gpus_per_node
                          capacity=capacity, weight=weight, allow=allow or DEFAULT_ALLOW, burst=burst,
                          metrics_port=metrics_port)  # fmt: skip
     if gpus is not None:
+        if gpus != "all" and len(gpus.split(",")) % gpus_per_node:
+            raise click.UsageError(f"--gpus {gpus} names {len(gpus.split(','))} GPUs, which do not split into "
+                                   f"nodes of --gpus-per-node {gpus_per_node}")  # fmt: skip
         run_gpu_nodes(state.settings, opts, gpus, gpus_per_node)
     elif gpus_per_node != 1:
         raise click.UsageError("--gpus-per-node needs --gpus")

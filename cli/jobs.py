@@ -15,7 +15,7 @@ from gpufleet.dispatcher.store.connection import connect
 from gpufleet.dispatcher.store.keys import PRIORITIES, Keys
 from gpufleet.dispatcher.client.results import BatchProgress, iter_results, read_progress
 
-from .main import EXIT_ERROR, CliState, pass_state
+from .state import EXIT_ERROR, CliState, pass_state
 
 POLL_S = 0.2
 
@@ -98,8 +98,9 @@ def submit(state: CliState, file: str, default_func: str | None, priority: str, 
 @click.command()
 @click.argument("batch_id", metavar="BATCH")
 @click.option("--wait", is_flag=True, help="Wait until every job of the batch ended before printing.")
+@click.option("--json", "as_json", is_flag=True, help="Accepted as on every command; the output is always JSON Lines.")
 @pass_state
-def results(state: CliState, batch_id: str, wait: bool) -> None:
+def results(state: CliState, batch_id: str, wait: bool, as_json: bool) -> None:
     """Print one JSON line per job of BATCH, in submission order.
 
     Each line has id (the client's id, else the job id), job_id, status, node, result or

@@ -19,6 +19,8 @@ from rich.text import Text
 
 from gpufleet.dispatcher.client.results import BatchRow, batch_eta_s
 
+from .render import counts_of, state_summary
+
 MAX_BATCH_ROWS = 3  # batches shown; the rest is one "... N more batches" line
 STATE_ORDER = {"unhealthy": 0, "ejected": 1, "draining": 2, "alive": 3, "dead": 4}  # trouble first, dead last
 STATE_STYLE = {"alive": "green", "draining": "yellow", "ejected": "magenta", "unhealthy": "bold red", "dead": "red"}
@@ -88,13 +90,15 @@ def _line(*parts: tuple[str, str]) -> Text:
 
 
 def _header(status: Mapping[str, Any], desired: int | None, total_rate: float | None) -> list[Text]:
+    """Live nodes against desired, then by state, in `status`'s words (no "nodes" label: with
+    every state shown the line still fits 80 columns); then the ingress and the backlog."""
     nodes = status["nodes"]
-    states = {s: sum(n["state"] == s for n in nodes) for s in STATE_ORDER}
-    live = len(nodes) - states["dead"]
-    extra = "".join(f" · {s} {states[s]}" for s in ("draining", "ejected", "unhealthy") if states[s])
+    (_, live), *states = state_summary(counts_of(status))  # the words and order `status` uses
+    hidden = status.get("hidden_dead") or 0
     clock = status.get("time", "")[11:20]
-    first = _line(("nodes ", "bold"), ("live ", ""), (str(live), "bold green"), (" · desired ", ""),
-                  ("-" if desired is None else str(desired), "bold cyan"), (f" · dead {states['dead']}{extra}", ""),
+    first = _line(("live ", "bold"), (str(live), "bold green"), (" · desired ", ""),
+                  ("-" if desired is None else str(desired), "bold cyan"),
+                  ("".join(f" · {s} {n}" for s, n in states) + (f" (+{hidden} hidden)" if hidden else ""), ""),
                   (f"   {status.get('namespace', '')} {clock}", "dim"))  # fmt: skip
     ingress = status["ingress"]
     waiting = sum(ingress.values()) + sum(n["queued"] for n in nodes if n["state"] != "dead")
@@ -176,6 +180,28 @@ def render_frame(
 
 def _more(n: int, what: str) -> list[Text]:
     return [Text(f"... {n} more {what}", style="dim")] if n > 0 else []
+
+
+def frame_record(status: Mapping[str, Any], batches: Sequence[BatchRow], prev: Sample | None,
+                 now: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """`top --json`: what one frame shows, as data. The `status --json` record (its
+    `desired_nodes` is the frame's desired count), each node with its `jobs_per_s` (null with no
+    earlier frame), the fleet's `jobs_per_s`, and the batches in flight with their ETA."""
+    now = time.time() if now is None else now
+    sample = Sample.of(status, now)
+    nodes = [{**n, "jobs_per_s": None if n["state"] == "dead" else _rounded(jobs_per_s(prev, sample, n["node"]))}
+             for n in status["nodes"]]  # fmt: skip
+    known = [n["jobs_per_s"] for n in nodes if n["jobs_per_s"] is not None]
+    in_flight = [{"batch": b.batch_id, "size": b.progress.size, "finished": b.progress.finished,
+                  "failed": b.progress.failed, "canceled": b.progress.canceled,
+                  "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.created_at)),
+                  "eta_s": _rounded(batch_eta_s(b.progress, b.created_at, now))}
+                 for b in batches]  # fmt: skip
+    return {**status, "nodes": nodes, "jobs_per_s": _rounded(sum(known)) if known else None, "batches": in_flight}
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 def render_error(message: str, interval_s: float) -> RenderableType:

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import logging.config
 import os
-from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from gpufleet.dispatcher.errors import GpufleetError, JobFileError
 from gpufleet.dispatcher.store.keys import namespace_problem
 from gpufleet.dispatcher.settings import Settings
 
-EXIT_ERROR = 1  # something the user can fix: the message says what
-EXIT_USAGE = 2  # bad flags or a bad job file: nothing was done
+from .control import cancel, drain, forget, requeue, undrain
+from .fleet import dispatcher, worker
+from .jobs import results, submit
+from .local import demo, local
+from .options import check_redis_url
+from .simulate import simulate
+from .state import EXIT_USAGE, CliState
+from .status import status
+from .top import top
+
+# Commands that start their own Redis unless one is named on the command line: GPUFLEET_REDIS_URL
+# names the user's fleet, which a demo must not join (its nodes would stay there, dead).
+OWN_REDIS_COMMANDS = ("demo", "local")
 
 
 class Group(click.Group):
@@ -53,7 +64,9 @@ def _check_namespace(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--redis-url", envvar="GPUFLEET_REDIS_URL", show_envvar=True, default=None,
               help="Redis to use (redis://, rediss:// with TLS, unix://, or "
                    "redis+sentinel://host:port,host:port/service/db to follow a Sentinel failover); "
-                   "a password in it is never printed. Default: redis://127.0.0.1:6379/0.")  # fmt: skip
+                   "a password in it is never printed. Default: redis://127.0.0.1:6379/0. `demo` and "
+                   "`local` ignore GPUFLEET_REDIS_URL and start their own Redis unless a URL is given "
+                   "on the command line.")  # fmt: skip
 @click.option("--namespace", envvar="GPUFLEET_NAMESPACE", show_envvar=True, default=None, callback=_check_namespace,
               help="Key prefix, so several fleets can share one Redis: 1-64 letters, digits, '_' or '-', "
                    "and not 'rq'. Default: gpufleet.")  # fmt: skip
@@ -69,20 +82,15 @@ def cli(ctx: click.Context, redis_url: str | None, namespace: str | None, log_le
     this machine with `gpufleet demo`.
     """
     logging.config.dictConfig(default_log_config(log_level.upper()))
-    settings = Settings.from_env(os.environ).with_overrides(redis_url=redis_url, namespace=namespace)
+    env: dict[str, str] = dict(os.environ)
+    if ctx.invoked_subcommand in OWN_REDIS_COMMANDS:  # only a URL typed on the command line counts
+        env.pop("GPUFLEET_REDIS_URL", None)
+        if ctx.get_parameter_source("redis_url") is ParameterSource.ENVIRONMENT:
+            redis_url = None
+    param = next(p for p in ctx.command.params if p.name == "redis_url")
+    check_redis_url(ctx, param, redis_url)  # the flag's value, or GPUFLEET_REDIS_URL's
+    settings = Settings.from_env(env).with_overrides(redis_url=redis_url, namespace=namespace)
     ctx.obj = CliState(settings=settings, redis_url_given=redis_url is not None, log_level=log_level.upper())
-
-
-class CliState:
-    """What the group resolved for its subcommands."""
-
-    def __init__(self, settings: Settings, redis_url_given: bool, log_level: str) -> None:
-        self.settings = settings
-        self.redis_url_given = redis_url_given
-        self.log_level = log_level
-
-
-pass_state: Callable[..., Any] = click.make_pass_decorator(CliState)
 
 
 def main() -> None:
@@ -90,18 +98,6 @@ def main() -> None:
     cli(prog_name="gpufleet")
 
 
-def _register() -> None:
-    from .control import cancel, drain, requeue, undrain
-    from .fleet import dispatcher, worker
-    from .jobs import results, submit
-    from .local import demo, local
-    from .simulate import simulate
-    from .status import status
-    from .top import top
-
-    for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, demo, local,
-                    simulate, top):
-        cli.add_command(command)
-
-
-_register()
+for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, forget, demo, local,
+                simulate, top):  # fmt: skip
+    cli.add_command(command)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from gpufleet.dispatcher.observe.status import state_counts
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -49,9 +51,27 @@ def render_status(status: dict[str, Any]) -> str:
         body = "\n".join(lines)
     else:
         body = "no nodes yet: start one with `gpufleet worker`"
-    alive = sum(n["state"] == "alive" for n in nodes)
+    summary = " · ".join(f"{word} {n}" for word, n in state_summary(counts_of(status)))
     ingress = "  ".join(f"{p}={d}" for p, d in status["ingress"].items())
-    return f"{body}\n\nnodes: {alive} alive of {len(nodes)}    ingress: {ingress}"
+    text = f"{body}\n\nnodes: {summary}    ingress: {ingress}"
+    if hidden := status.get("hidden_dead"):
+        text += (f"\n{hidden} dead node{'s' if hidden != 1 else ''} not shown (no heartbeat for longer than "
+                 "GPUFLEET_FORGET_DEAD_AFTER_S); `gpufleet forget NODE` removes one from Redis")
+    return text
+
+
+def counts_of(status: Mapping[str, Any]) -> Mapping[str, int]:
+    """The record's node counts by state (`counts`), else counted from its nodes."""
+    counts: Mapping[str, int] | None = status.get("counts")
+    return counts if counts is not None else state_counts(n["state"] for n in status["nodes"])
+
+
+def state_summary(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """What `status` and `top` say about the fleet, in the same words and order: live, then
+    each state (alive and dead always, the others only when a node is in them)."""
+    shown = [("live", counts["live"]), ("alive", counts["alive"])]
+    shown += [(s, counts[s]) for s in ("draining", "ejected", "unhealthy") if counts[s]]
+    return [*shown, ("dead", counts["dead"])]
 
 
 def render_gpus(gpus: Sequence[dict[str, Any]]) -> list[str]:

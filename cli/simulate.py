@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
+from typing import Any
 
 import click
 
@@ -32,6 +34,14 @@ def parse_speeds(ctx: click.Context, param: click.Parameter, value: str | None) 
             raise click.BadParameter(f"speed {item.strip()!r} must be a positive finite number")
         speeds.append(speed)
     return tuple(speeds)
+
+
+def result_record(cfg: SimConfig, result: SimResult) -> dict[str, Any]:
+    """`simulate --json`: every parameter the run used (`params`, SimConfig's fields: speeds per
+    node, max_node_queue null = capacity + prefetch), then the result."""
+    params = asdict(cfg)
+    params["speeds"] = list(cfg.speeds)
+    return {"params": params, **result.to_dict()}
 
 
 def render_result(cfg: SimConfig, result: SimResult) -> str:
@@ -78,7 +88,8 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
 @click.option("--affinity-epsilon", type=click.FloatRange(min=0), default=0.25, show_default=True,
               help="How far above the mean load an affine node may go before its keys spill to the next node.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The random seed; the same seed gives the same output.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object instead of a table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead of a table: the parameters it ran with, then the result.")
 def simulate(
     policy: str,
     speeds: tuple[float, ...] | None,
@@ -114,4 +125,4 @@ def simulate(
     except SettingsError as e:
         raise click.UsageError(str(e)) from e
     result = run_simulation(cfg)
-    click.echo(json.dumps(result.to_dict()) if as_json else render_result(cfg, result))
+    click.echo(json.dumps(result_record(cfg, result)) if as_json else render_result(cfg, result))

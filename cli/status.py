@@ -14,7 +14,7 @@ from gpufleet.dispatcher.client.results import read_batch_status
 from gpufleet.dispatcher.observe.status import read_status
 
 from .live import eta
-from .main import CliState, pass_state
+from .state import CliState, pass_state
 from .render import render_status
 
 
@@ -27,12 +27,14 @@ from .render import render_status
               metavar="S", help="With --watch: seconds between refreshes.")  # fmt: skip
 @pass_state
 def status(state: CliState, as_json: bool, batch_id: str | None, watch: bool, interval_s: float) -> None:
-    """Show every node (alive or dead, GPU and memory use, queue, running, done, failed,
-    heartbeat age) with a line per GPU (utilization, memory, temperature, power, health), and
-    the ingress depth per priority."""
+    """Show every node (its state, GPU and memory use, queue, running, done, failed, heartbeat
+    age) with a line per GPU (utilization, memory, temperature, power, health), the count of
+    nodes live and in each state, and the ingress depth per priority. A node dead for longer
+    than GPUFLEET_FORGET_DEAD_AFTER_S (default 1 hour) is not shown; `gpufleet forget NODE`
+    removes it from Redis."""
     if watch:
         if as_json or batch_id:
-            raise click.UsageError("--watch shows the live view; it takes no --json or --batch")
+            raise click.UsageError("--watch shows the live view; it takes no --json or --batch (try `top --json`)")
         from .top import watch as live_view
 
         live_view(state.settings, interval_s)
@@ -42,7 +44,7 @@ def status(state: CliState, as_json: bool, batch_id: str | None, watch: bool, in
         record = read_batch_status(r, Keys(state.settings.namespace), batch_id).record(time.time())
         click.echo(json.dumps(record) if as_json else render_batch(record))
         return
-    record = read_status(r, Keys(state.settings.namespace))
+    record = read_status(r, Keys(state.settings.namespace), forget_dead_after_s=state.settings.forget_dead_after_s)
     click.echo(json.dumps(record) if as_json else render_status(record))
 
 

@@ -11,6 +11,7 @@ from .errors import SettingsError
 from .store.keys import namespace_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+FORGET_DEAD_AFTER_S = 3600.0  # status, top and metrics stop showing a node dead this long (GPUFLEET_FORGET_DEAD_AFTER_S)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Settings:
     scale_up_cooldown_s: float = 15.0  # autoscaler: since the last change, before going up
     scale_down_cooldown_s: float = 300.0  # autoscaler: since the last change, before going down
     scale_cmd: str = ""  # autoscaler: 'CMD {n}' run (no shell) when the desired count changes
+    forget_dead_after_s: float = FORGET_DEAD_AFTER_S  # hide a node dead this long since its last beat; 0: never
 
     def __post_init__(self) -> None:
         if (why := namespace_problem(self.namespace)) is not None:  # every key is built from it
@@ -63,6 +65,8 @@ class Settings:
                 raise SettingsError(f"{name} must be >= 1")
         if not 0 <= self.low_share < 1:
             raise SettingsError(f"low_share must be in [0, 1) (got {self.low_share})")
+        if self.forget_dead_after_s < 0:
+            raise SettingsError(f"forget_dead_after_s must be >= 0 (0: never hide a dead node; got {self.forget_dead_after_s})")
         if self.prefetch < 0 or self.max_node_queue < -1:
             raise SettingsError("prefetch must be >= 0 and max_node_queue >= -1")
 

@@ -16,8 +16,9 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
@@ -31,9 +32,14 @@ from .batching import BatchSpec, batch_spec, per_job_results
 from .interrupts import RedisLost
 
 if TYPE_CHECKING:
+    from redis import Redis
     from rq import Queue
+    from rq.executions import Execution
+    from rq.timeouts import BaseDeathPenalty
 
-    from .node_worker import NodeWorker
+    from gpufleet.dispatcher.store.scripts import Scripts, Taker
+
+    from .stats import NodeStats
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,32 @@ class Outcome:
     ok: bool
     value: Any
     final: bool = False
+
+
+class RunHost(Protocol):
+    """What a run needs of the worker it runs in (node_worker.NodeWorker): its connection and
+    node, and its fenced start and record steps. Declared here so the worker imports the run,
+    and not the other way round."""
+
+    connection: Redis
+    node_id: str
+    slot: int
+    stats: NodeStats
+    scripts: Scripts
+    taker: Taker
+    job_class: type[Job]
+    serializer: Any
+    death_penalty_class: type[BaseDeathPenalty]
+    redis_lost: Exception | None
+
+    def start(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Execution]]: ...
+
+    def record_successes(self, done: list[tuple[Job, Execution, Any]]) -> set[str]: ...
+
+    def late(self, job: Job, execution: Execution) -> None: ...
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
+                           execution: Execution | None = None, *, retry: bool = True) -> bool: ...  # fmt: skip
 
 
 def _model(job: Job) -> str:
@@ -69,7 +101,7 @@ class JobRun:
     """Runs `first` (already taken); when its task is batched, with up to `max_size - 1` more
     jobs of the same function and model taken from the node queue."""
 
-    def __init__(self, worker: NodeWorker, queue: Queue, first: Job) -> None:
+    def __init__(self, worker: RunHost, queue: Queue, first: Job) -> None:
         self.worker, self.queue, self.first = worker, queue, first
         self.conn = worker.connection
         try:

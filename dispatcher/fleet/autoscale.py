@@ -104,7 +104,9 @@ def decide(demand: Demand, params: ScaleParams, now: float, last: Decision | Non
 
 def demand_of(nodes: Sequence[NodeState], ingress: Mapping[str, int], arrival_rate: float) -> Demand:
     """A Demand from a snapshot: the backlog is every ingress plus every live node's queue;
-    a node's throughput is capacity / EWMA service time, averaged over the live nodes."""
+    a node's throughput is capacity / EWMA service time, averaged over the live nodes. Live is
+    `NodeState.alive`, the fleet's one definition (observe/status.py): every state but dead, so
+    `live_nodes` is the count `status` and `top` show as live."""
     live = [n for n in nodes if n.alive]
     backlog = sum(ingress.values()) + sum(n.queued for n in live)
     served = sum(n.capacity / n.service_time_s for n in live if n.service_time_s > 0)

@@ -1,16 +1,18 @@
-"""Operator actions: drain and undrain a node, cancel queued jobs, requeue failed ones."""
+"""Operator actions: drain, undrain and forget a node, cancel queued jobs, requeue failed ones."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from redis import Redis
+from redis import Redis, WatchError
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
 from rq.utils import as_text
 
-from ..errors import NotFound
+from ..errors import GpufleetError, NotFound
 from ..store.job import BatchCounter
-from ..store.keys import PRIORITIES, JobField, Keys
+from ..store.keys import PRIORITIES, RQ_QUEUES, JobField, Keys
+from .health import Leftovers, requeue_node
 from .node_claim import OPERATOR_DRAIN
 from ..store.scripts import MOVED, Ending, JobPlace, Scripts
 from ..settings import Settings
@@ -28,6 +30,70 @@ def drain(r: Redis, keys: Keys, node_id: str) -> None:
 def undrain(r: Redis, keys: Keys, node_id: str) -> None:
     _require_node(r, keys, node_id)
     r.delete(keys.drain_flag(node_id))
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    node: str
+    requeued: int  # jobs it held (queued, or taken and not started) handed back to the ingress
+    retried: int  # jobs it was running, sent to run again elsewhere
+    failed: int  # jobs it was running, past their retry limit: failed ("node <id> lost")
+    failed_kept: int  # jobs in its dead-letter queue, kept for `gpufleet requeue --failed`
+
+
+def forget_node(r: Redis, settings: Settings, node_id: str) -> ForgetReport:
+    """Remove a dead node from Redis: its heartbeat, its place in the nodes set, its drain and
+    eject flags, its held lists and wake-up list, and its (emptied) queue.
+
+    A live node is refused (GpufleetError): its worker would only register it again. The jobs
+    it still has are handed back first, as the dispatcher does for a dead node (queued and
+    taken ones to the front of their ingress, running ones retried or failed), and the keys
+    go in one transaction that fails if the node came back or a job reached it meanwhile
+    (refused; nothing removed). rq's records of the jobs it ended stay: its queue's finished,
+    failed and canceled registries, and, while any of them holds a job, the queue in rq's
+    queue set, so `requeue --failed`, `rq info` and rq-dashboard still find them."""
+    keys = Keys(settings.namespace)
+    _require_node(r, keys, node_id)
+    _refuse_live(r, keys, node_id)
+    back = requeue_node(r, keys, Scripts(r, keys), settings, node_id, Leftovers(queued=True))
+    queue = keys.node_queue(node_id)
+    lists = [Keys.rq_queue(queue), Keys.rq_intermediate(queue)]
+    ended = [FailedJobRegistry(queue, connection=r).key, FinishedJobRegistry(queue, connection=r).key,
+             CanceledJobRegistry(queue, connection=r).key]  # fmt: skip
+    with r.pipeline() as p:
+        try:
+            p.watch(keys.alive(node_id), keys.held_lists(node_id), Keys.rq_started(queue), *lists)  # type: ignore[no-untyped-call]
+            held = sorted(as_text(k) for k in p.smembers(keys.held_lists(node_id)))
+            if held:
+                p.watch(*held)  # type: ignore[no-untyped-call]
+            if p.exists(keys.alive(node_id)):
+                raise _live(node_id)
+            left = sum(int(p.llen(key)) for key in [*lists, *held]) + int(p.zcard(Keys.rq_started(queue)))
+            if left:
+                raise GpufleetError(f"node {node_id!r} still has {left} job(s) that could not be handed back; "
+                                    "nothing was removed (is a dispatcher moving them? try again)")  # fmt: skip
+            failed_kept, *others = (int(p.zcard(key)) for key in ended)
+            p.multi()
+            p.srem(keys.nodes, node_id)
+            p.delete(keys.heartbeat(node_id), keys.drain_flag(node_id), keys.ejected(node_id),
+                     keys.held_lists(node_id), keys.node_wakeup(node_id), Keys.rq_started(queue), *lists, *held)
+            if not failed_kept and not any(others):
+                p.srem(RQ_QUEUES, Keys.rq_queue(queue))
+            p.execute()
+        except WatchError:
+            raise GpufleetError(f"node {node_id!r} changed while it was being forgotten (its worker came back, or a "
+                                "job reached it): nothing was removed; try again") from None  # fmt: skip
+    return ForgetReport(node_id, back.requeued, back.retried, back.failed, failed_kept)
+
+
+def _refuse_live(r: Redis, keys: Keys, node_id: str) -> None:
+    if r.exists(keys.alive(node_id)):
+        raise _live(node_id)
+
+
+def _live(node_id: str) -> GpufleetError:
+    return GpufleetError(f"node {node_id!r} is live (its worker is beating): stop that worker first; only a "
+                         "dead node can be forgotten")  # fmt: skip
 
 
 def _require_node(r: Redis, keys: Keys, node_id: str) -> None:
@@ -90,7 +156,7 @@ def requeue_failed(r: Redis, settings: Settings, batch_id: str | None = None) ->
         raise NotFound(f"no batch {batch_id!r}")
     scripts = Scripts(r, keys)
     requeued = 0
-    for node_id in sorted(as_text(n) for n in r.smembers(keys.nodes)):
+    for node_id in _node_ids_with_queues(r, keys):
         registry = Keys.rq_failed(keys.node_queue(node_id))
         ids = [as_text(j) for j in r.zrange(registry, 0, -1)]  # type: ignore[arg-type]
         for start in range(0, len(ids), CHUNK):
@@ -105,3 +171,11 @@ def requeue_failed(r: Redis, settings: Settings, batch_id: str | None = None) ->
                 requeued += scripts.return_to_ingress(priority, places, at_front=False,
                                                       counter=BatchCounter.FAILED).count(MOVED)  # fmt: skip
     return requeued
+
+
+def _node_ids_with_queues(r: Redis, keys: Keys) -> list[str]:
+    """Every node in the nodes set, and every forgotten one whose queue rq still lists (its
+    dead-letter queue may hold jobs): sorted."""
+    prefix = Keys.rq_queue(keys.node_queue(""))
+    queued = {q[len(prefix):] for q in map(as_text, r.smembers(RQ_QUEUES)) if q.startswith(prefix)}
+    return sorted(queued | {as_text(n) for n in r.smembers(keys.nodes)})

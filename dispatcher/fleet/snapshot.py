@@ -40,7 +40,7 @@ class _Heartbeat:
     """A node's last heartbeat, parsed: what the next refresh reuses while `ts` stays the same."""
 
     ts: bytes
-    node: NodeState  # as parsed then; the fields read from Redis directly are replaced per refresh
+    node: NodeState  # as parsed then; each refresh derives the node from it (NodeState.refreshed)
     sent_at_s: float | None  # `ts` as a number; None when garbled (the age then reads 0, as from_hash does)
 
 
@@ -91,14 +91,11 @@ class NodeReader:
                                            incarnation=_text(alive))  # fmt: skip
                 if ts is not None:
                     seen[node_id] = _Heartbeat(ts, node, _number(h.get("ts")))
-            else:  # the parsed heartbeat with this refresh's counts, flags and age: what replace() would
-                beat = seen[node_id]  # give, without re-running __init__ over 27 fields (1 us a node, not 7)
-                fields = beat.node.__dict__.copy()
-                fields["alive"], fields["queued"], fields["running"] = alive is not None, queued, running
-                fields["draining"], fields["ejected"], fields["incarnation"] = draining, ejected is not None, _text(alive)
-                fields["heartbeat_age_s"] = 0.0 if beat.sent_at_s is None else max(0.0, now_s - beat.sent_at_s)
-                node = object.__new__(NodeState)
-                object.__setattr__(node, "__dict__", fields)
+            else:  # the parsed heartbeat, reused as is, with this refresh's flags, counts and age
+                beat = seen[node_id]
+                age_s = 0.0 if beat.sent_at_s is None else max(0.0, now_s - beat.sent_at_s)
+                node = beat.node.refreshed(alive is not None, draining, ejected is not None, queued, running, age_s,
+                                           _text(alive))  # fmt: skip
             nodes.append(node)
         if len(seen) > len(ids):  # a node left the set: forget it
             for gone in seen.keys() - set(ids):

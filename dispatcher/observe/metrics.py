@@ -27,9 +27,8 @@ from redis import Redis
 from ..errors import SettingsError
 from ..store.keys import PRIORITIES, Keys
 from ..routing.models import NodeState
-from .status import GpuFigure, gpu_figures, node_state_word
-
-STATES = ("alive", "dead", "draining", "ejected", "unhealthy")  # every one is exported, 0 included
+from ..settings import FORGET_DEAD_AFTER_S
+from .status import STATES, GpuFigure, gpu_figures, node_state_word, nodes_in_view, state_counts
 MAX_VIEW_AGE_S = 5.0  # fleet gauges older than this are left out (the loop refreshes every ~0.15 s)
 DISPATCH_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -98,10 +97,11 @@ def fleet_families(view: FleetView | None, desired_nodes: int | None) -> Iterato
     for family, _ in per_gpu:
         yield family
 
-    states = Tally(node_state_word(n) for n in view.nodes)
-    nodes = GaugeMetricFamily("gpufleet_nodes", "Nodes known to the fleet, by state.", labels=["state"])
-    for state in STATES:
-        nodes.add_metric([state], states.get(state, 0))
+    states = state_counts(node_state_word(n) for n in view.nodes)
+    nodes = GaugeMetricFamily("gpufleet_nodes", "Nodes in the fleet's view (as `gpufleet status`), by state.",
+                              labels=["state"])  # fmt: skip
+    for state in STATES:  # every one is exported, 0 included
+        nodes.add_metric([state], states[state])
     yield nodes
 
     yield from _desired_family(desired_nodes)
@@ -151,8 +151,10 @@ class DispatcherMetrics:
     """The dispatcher's metrics, on their own registry (so tests can make several)."""
 
     def __init__(self, policy: str, registry: CollectorRegistry | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, forget_dead_after_s: float = FORGET_DEAD_AFTER_S,
+                 ) -> None:  # fmt: skip
         self.policy = policy
+        self.forget_dead_after_s = forget_dead_after_s  # nodes dead this long are left out, as status does
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
         self.fleet = FleetCollector(clock=clock)
@@ -166,7 +168,8 @@ class DispatcherMetrics:
 
     def observe_fleet(self, r: Redis, keys: Keys, nodes: Sequence[NodeState]) -> None:
         """After a snapshot refresh: one extra round trip (ingress depths); per-GPU figures come
-        from the heartbeats the snapshot already read."""
+        from the heartbeats the snapshot already read. Nodes out of view (dead too long) are left out."""
+        nodes = nodes_in_view(nodes, self.forget_dead_after_s)
         depths = read_ingress_depths(r, keys)
         gpus = {n.node_id: gpu_figures(n, n.gpus_json) for n in nodes if n.alive}
         self.fleet.view = FleetView(tuple(nodes), depths, gpus, self._clock())

@@ -1,10 +1,25 @@
-"""The fleet at a glance: nodes, their GPUs and ingress depth, as the stable `status --json` record."""
+"""The fleet at a glance: nodes, their GPUs and ingress depth, as the stable `status --json` record.
+
+A node's state has one set of words, defined here and used by `status`, `top`, the
+`gpufleet_nodes` metric and (through `NodeState.alive`) the autoscaler:
+
+- *live*: its liveness key exists (`NodeState.alive`): a worker process beat within the last
+  `heartbeat_ttl_s`. The autoscaler sizes the fleet by live nodes and `top` shows them against
+  the desired count.
+- *accepting*: live and neither draining, ejected nor unhealthy (`NodeState.accepting`):
+  routing may send it jobs.
+- `state`, one word per node: `alive` (live and accepting), `draining`, `ejected`, `unhealthy`
+  (live, not accepting, and why), or `dead` (not live). So live = every state but `dead`.
+
+A node dead for longer than `forget_dead_after_s` since its last heartbeat drops out of the view
+(status, top, metrics); it stays in Redis until `gpufleet forget NODE` removes it.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,17 +28,38 @@ from redis import Redis
 from ..store.keys import PRIORITIES, Keys
 from ..routing.models import NodeState
 from ..fleet.snapshot import read_nodes
+from ..settings import FORGET_DEAD_AFTER_S
+
+STATES = ("alive", "draining", "ejected", "unhealthy", "dead")  # every state word, in the order summaries use
 
 
 def node_state_word(n: NodeState) -> str:
-    """dead | draining | ejected | unhealthy | alive."""
+    """The node's one-word state: dead | alive (accepting) | draining | ejected | unhealthy."""
     if not n.alive:
         return "dead"
+    if n.accepting:
+        return "alive"
     if n.draining:
         return "draining"
-    if n.ejected:
-        return "ejected"
-    return "alive" if n.healthy else "unhealthy"
+    return "ejected" if n.ejected else "unhealthy"
+
+
+def state_counts(states: Iterable[str]) -> dict[str, int]:
+    """How many nodes are in each state (every word, 0 included), and `live`: all but dead."""
+    words = list(states)
+    counts = {"live": sum(w != "dead" for w in words)}
+    counts.update({state: words.count(state) for state in STATES})
+    return counts
+
+
+def in_view(n: NodeState, forget_dead_after_s: float) -> bool:
+    """False for a node dead for longer than `forget_dead_after_s` since its last heartbeat
+    (0: every node stays in view); such a node is left out of status, top and metrics."""
+    return n.alive or not forget_dead_after_s or n.heartbeat_age_s <= forget_dead_after_s
+
+
+def nodes_in_view(nodes: Sequence[NodeState], forget_dead_after_s: float) -> list[NodeState]:
+    return [n for n in nodes if in_view(n, forget_dead_after_s)]
 
 
 @dataclass(frozen=True)
@@ -90,23 +126,29 @@ def gpu_record(g: GpuFigure) -> dict[str, Any]:
     }
 
 
-def read_status(r: Redis, keys: Keys) -> dict[str, Any]:
-    """Every node and every ingress queue (two round trips)."""
-    nodes = read_nodes(r, keys)
+def read_status(r: Redis, keys: Keys, *, forget_dead_after_s: float = FORGET_DEAD_AFTER_S,
+                now_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every node in view and every ingress queue (two round trips); `hidden_dead` counts the
+    nodes left out for being dead longer than `forget_dead_after_s`."""
+    every = read_nodes(r, keys, now_s)
+    nodes = nodes_in_view(every, forget_dead_after_s)
     with r.pipeline(transaction=False) as p:
         for priority in PRIORITIES:
             p.llen(Keys.rq_queue(keys.ingress_queue(priority)))
         p.get(keys.desired_nodes)
         *depths, desired = p.execute()
+    states = [node_state_word(n) for n in nodes]
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "namespace": keys.namespace,
         "ingress": dict(zip(PRIORITIES, depths)),
         "desired_nodes": None if desired is None else int(desired),
+        "counts": state_counts(states),
+        "hidden_dead": len(every) - len(nodes),
         "nodes": [
             {
                 "node": n.node_id,
-                "state": node_state_word(n),
+                "state": state,
                 "gpu_util": round(n.gpu_util, 4),
                 "mem_util": round(n.mem_util, 4),
                 "queued": n.queued,
@@ -124,7 +166,7 @@ def read_status(r: Redis, keys: Keys) -> dict[str, Any]:
                 "health_reason": n.health_reason,
                 "gpus": [gpu_record(g) for g in gpu_list(n.gpus_json)],
             }
-            for n in nodes
+            for n, state in zip(nodes, states)
         ],
     }
 

@@ -13,6 +13,7 @@ import bisect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any, Protocol
 
 from ..errors import SettingsError
@@ -55,9 +56,10 @@ def service_rate(n: NodeState) -> float:
     return n.capacity / n.service_time_s
 
 
-def expected_delay_s(n: NodeState) -> float:
-    """Seconds until one more job on `n` would finish: (queued + running + 1) / service rate."""
-    return (n.queued + n.running + 1) * n.service_time_s / n.capacity
+def expected_delay_s(n: NodeState, load: int) -> float:
+    """Seconds until one more job on `n` would finish while it holds `load` jobs (its own:
+    `n.load`): (load + 1) / service rate."""
+    return (load + 1) * n.service_time_s / n.capacity
 
 
 def _by_id(nodes: Sequence[NodeState]) -> list[NodeState]:
@@ -115,26 +117,71 @@ class WeightedRoundRobin:
 
 
 class LowestScore:
-    """A policy that takes the candidate with the lowest `score`, a tuple that ends in the node
-    id (so ties go to the lowest id). A node's score depends on that node alone, so the router
-    keeps the nodes in a heap by score and, after a placement, re-scores only the node that
-    changed: O(log nodes) per job instead of a scan (router.Placement)."""
+    """A policy that takes the candidate with the lowest `score`. A score depends on the node's
+    own figures and the jobs it holds (`load`), and ends in the node id, so ties go to the
+    lowest id. Subclasses define `score` only: `choose` and `ranking` are the one place the
+    choice is made, for one job or for many (the router places a batch through `ranking`)."""
 
-    def score(self, n: NodeState) -> tuple[Any, ...]:
+    def score(self, n: NodeState, load: int) -> tuple[Any, ...]:
+        """Where `n` ranks while it holds `load` jobs; lower is better."""
         raise NotImplementedError
 
+    def ranking(self, job: JobSpec, nodes: Sequence[NodeState]) -> Ranking:
+        """The candidates for `job` among `nodes`, by score, for choosing again as loads change."""
+        return Ranking(self.score, candidates(job, nodes))
+
     def choose(self, job: JobSpec, nodes: Sequence[NodeState]) -> str | None:
-        found = candidates(job, nodes)
-        if not found:
-            return None
-        return min(found, key=self.score).node_id
+        return self.ranking(job, nodes).lowest()
 
 
-def lowest_score(policy: Policy) -> Callable[[NodeState], tuple[Any, ...]] | None:
-    """The policy's score when its choice is the plain lowest score (LowestScore.choose, not
-    overridden), so the router may pick with a heap; else None."""
+class Ranking:
+    """Nodes by a LowestScore policy's score, lowest first, re-scored as their loads change.
+
+    A heap of (score, node order, version, node id): node order breaks a tie as min() over
+    `nodes` would, and an entry whose version is not its node's latest (re-scored or dropped
+    since) is skipped when it surfaces. O(log nodes) per choice, where a scan is O(nodes).
+    """
+
+    def __init__(self, score: Callable[[NodeState, int], tuple[Any, ...]], nodes: Sequence[NodeState]) -> None:
+        self._score = score
+        self._node = {n.node_id: (n, i) for i, n in enumerate(nodes)}  # the record scored, its order
+        self._version = dict.fromkeys(self._node, 0)
+        self._heap = [(score(n, n.load), i, 0, n.node_id) for i, n in enumerate(nodes)]
+        heapify(self._heap)
+
+    def __contains__(self, node_id: str) -> bool:
+        return self._version.get(node_id, -1) >= 0
+
+    def lowest(self) -> str | None:
+        """The node with the lowest score now, or None when none is left."""
+        heap, version = self._heap, self._version
+        while heap:
+            _, _, seen, node_id = heap[0]
+            if seen == version[node_id]:
+                return node_id
+            heappop(heap)
+        return None
+
+    def rescore(self, node_id: str, load: int) -> None:
+        """`node_id` (in the ranking) holds `load` jobs now; its record's other figures stand."""
+        seen = self._version[node_id] = self._version[node_id] + 1
+        n, order = self._node[node_id]
+        heap = self._heap
+        if heap and heap[0][3] == node_id:  # the usual case: the node just chosen
+            heapreplace(heap, (self._score(n, load), order, seen, node_id))
+        else:
+            heappush(heap, (self._score(n, load), order, seen, node_id))
+
+    def drop(self, node_id: str) -> None:
+        """Take `node_id` out (it may take no more); its entries are skipped from now on."""
+        self._version[node_id] = -1
+
+
+def ranking_of(policy: Policy) -> Callable[[JobSpec, Sequence[NodeState]], Ranking] | None:
+    """The policy's `ranking` when its choice is the plain lowest score (LowestScore.choose, not
+    overridden), so a caller may keep one ranking for many jobs; else None."""
     if isinstance(policy, LowestScore) and getattr(type(policy), "choose", None) is LowestScore.choose:
-        return policy.score
+        return policy.ranking
     return None
 
 
@@ -144,8 +191,8 @@ class LeastConnections(LowestScore):
 
     name = "least-connections"
 
-    def score(self, n: NodeState) -> tuple[int, str]:
-        return n.queued + n.running, n.node_id
+    def score(self, n: NodeState, load: int) -> tuple[int, str]:
+        return load, n.node_id
 
 
 @dataclass
@@ -157,8 +204,8 @@ class ShortestResponseTime(LowestScore):
 
     name = "shortest-response-time"
 
-    def score(self, n: NodeState) -> tuple[float, int, str]:
-        return n.service_time_s, n.queued + n.running, n.node_id
+    def score(self, n: NodeState, load: int) -> tuple[float, int, str]:
+        return n.service_time_s, load, n.node_id
 
 
 @dataclass
@@ -211,7 +258,7 @@ class PowerOfTwo:
             rates[i] = 0.0
             j = self.rng.choices(range(len(found)), weights=rates, k=1)[0]
             a, b = found[i], found[j]
-        return min(a, b, key=lambda n: (expected_delay_s(n), n.node_id)).node_id
+        return min(a, b, key=lambda n: (expected_delay_s(n, n.load), n.node_id)).node_id
 
 
 @dataclass
@@ -222,8 +269,8 @@ class ShortestExpectedDelay(LowestScore):
 
     name = "shortest-expected-delay"
 
-    def score(self, n: NodeState) -> tuple[float, str]:
-        return (n.queued + n.running + 1) * n.service_time_s / n.capacity, n.node_id  # expected_delay_s, inlined
+    def score(self, n: NodeState, load: int) -> tuple[float, str]:
+        return expected_delay_s(n, load), n.node_id
 
 
 POLICY_NAMES = (

@@ -6,15 +6,13 @@ Pure, like the policies it drives: the dispatcher loop and the simulator share i
 
 from __future__ import annotations
 
-import heapq
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .affinity import DEFAULT_AFFINITY_EPSILON, pick_affine
 from .models import JobSpec, NodeState
-from .policies import Policy, eligible, lowest_score
+from .policies import Policy, Ranking, eligible, ranking_of
 
 
 @dataclass
@@ -90,18 +88,22 @@ class Router:
 class Placement:
     """Every node as the placements so far left it: the state behind `Router.route`.
 
-    Same choices as asking the policy about every job over the nodes with room, in less time.
-    A job with no needs (no model, affinity or GPU memory) under a LowestScore policy, the
-    default among them, takes the top of a heap of the nodes with room, keyed by (score, node
-    order); a placement re-scores the one node it changed (entries of older versions are
-    skipped when they surface). Other jobs and policies see the nodes with room, kept as an
-    ordered set rather than rebuilt per job. A node's record is copied once per call.
+    Same choices as asking the policy about every job over the nodes with room, the records
+    with each placement added, in less time. Records are immutable: each node's load with the
+    placements is a tally kept here (`_load`), folded into new records (`with_extra_load`, one
+    per node placed on since the last fold) only when records are needed: by the policy, for
+    a job with needs, and by `nodes()`. A job with no needs (no model, affinity or GPU memory)
+    under a lowest-score policy takes the top of the policy's own Ranking of the nodes with
+    room, kept from job to job: each placement re-scores the one node it changed. The nodes
+    with room are kept as an ordered set rather than rebuilt per job.
     """
 
     def __init__(self, router: Router, nodes: Sequence[NodeState], held: Mapping[str, int] | None) -> None:
         self._router = router
         self._config = (router.policy, router.prefetch, router.max_node_queue, router.affinity_epsilon)
-        self._state = {n.node_id: n for n in nodes}
+        self._state = {n.node_id: n for n in nodes}  # each node's record as of the last fold
+        self._load = {node_id: n.load for node_id, n in self._state.items()}  # the tally: placements counted
+        self._placed: set[str] = set()  # nodes whose tally has moved past their record (see _fold)
         self._handed_out: tuple[NodeState, ...] = tuple(nodes)  # the list a later call may pass back
         self._limit = {node_id: router.limit(n) for node_id, n in self._state.items()}
         self._held = {node_id: n.load for node_id, n in self._state.items()}
@@ -109,10 +111,8 @@ class Placement:
             self._held.update((node_id, count) for node_id, count in held.items() if node_id in self._state)
         self._open = {node_id: None for node_id, limit in self._limit.items()  # an ordered set: state order
                       if limit is None or self._held[node_id] < limit}  # fmt: skip
-        self._score = lowest_score(router.policy)
-        self._version = dict.fromkeys(self._state, 0)
-        self._copied: set[str] = set()  # records copied since the last nodes() (see _count_one)
-        self._heap: list[tuple[Any, int, int, str]] | None = None  # built on the first job with no needs
+        self._rank = ranking_of(router.policy)
+        self._ranking: Ranking | None = None  # built for the first job with no needs
         self.free_room: int | None = 0  # what Router.free_room reports, kept up to date
         for node_id, n in self._state.items():
             if n.accepting:
@@ -129,84 +129,63 @@ class Placement:
         return same and len(nodes) == len(self._handed_out) and all(map(operator.is_, nodes, self._handed_out))
 
     def nodes(self) -> list[NodeState]:
-        """The nodes now; their records are no longer this state's to change (copied afresh next time)."""
+        """Every node's record with the placements so far."""
+        self._fold()
         out = list(self._state.values())
         self._handed_out = tuple(out)
-        self._copied.clear()
         return out
 
     def place(self, job: JobSpec) -> str | None:
         """The node `job` goes to (its placement counted), or None to leave it in the ingress."""
-        if self._score is not None and job.model is None and job.affinity is None and job.gpu_mem_gib == 0.0:
-            return self._place_top(self._score)
-        node_id = None
-        room = [self._state[i] for i in self._open]
+        ranking, rank = self._ranking, self._rank
+        if rank is not None and job.model is None and job.affinity is None and job.gpu_mem_gib == 0.0:
+            if ranking is None:  # kept for every later job with no needs: they all have the same candidates
+                ranking = self._ranking = rank(job, self._room())
+            node_id = ranking.lowest()  # the policy's choice among the nodes with room
+            ranked = True
+        else:
+            node_id = self._choose(job)
+            ranked = ranking is not None and node_id is not None and node_id in ranking
+        if node_id is None:
+            return None
+        self._placed.add(node_id)
+        load = self._load[node_id] = self._load[node_id] + 1
+        held = self._held[node_id] = self._held[node_id] + 1
+        limit = self._limit[node_id]
+        full = False
+        if limit is not None:
+            if self.free_room is not None and self._state[node_id].accepting:
+                self.free_room -= 1
+            if held >= limit:
+                del self._open[node_id]
+                full = True
+        if ranked and ranking is not None:
+            if full:
+                ranking.drop(node_id)
+            else:
+                ranking.rescore(node_id, load)
+        return node_id
+
+    def _room(self) -> list[NodeState]:
+        """The records of the nodes with room, placements so far included."""
+        self._fold()
+        return [self._state[i] for i in self._open]
+
+    def _choose(self, job: JobSpec) -> str | None:
+        """The affinity ring's node, else the policy's choice."""
+        room = self._room()
         if job.affinity is not None and room:
             ring = eligible(job, list(self._state.values()))
             node_id = pick_affine(job.affinity, ring, self._open.keys(), self._router.affinity_epsilon)
-        if node_id is None:
-            node_id = self._router.policy.choose(job, room)
-        if node_id is not None:
-            self._add(node_id)
-        return node_id
+            if node_id is not None:
+                return node_id
+        return self._router.policy.choose(job, room)
 
-    def _place_top(self, score: Callable[[NodeState], Any]) -> str | None:
-        heap = self._heap if self._heap is not None else self._build_heap(score)
-        version = self._version
-        while heap:
-            _, order, seen, node_id = heap[0]
-            if seen != version[node_id]:  # re-scored since: a newer entry is in the heap
-                heapq.heappop(heap)
-                continue
-            n = self._count_one(node_id)  # an accepting node with room (heap members are)
-            held = self._held[node_id] = self._held[node_id] + 1
-            version[node_id] = seen + 1
-            limit = self._limit[node_id]
-            if limit is not None:
-                if self.free_room is not None:
-                    self.free_room -= 1
-                if held >= limit:
-                    del self._open[node_id]
-                    heapq.heappop(heap)
-                    return node_id
-            heapq.heapreplace(heap, (score(n), order, seen + 1, node_id))
-            return node_id
-        return None
-
-    def _build_heap(self, score: Callable[[NodeState], Any]) -> list[tuple[Any, int, int, str]]:
-        """Nodes with room that any job with no needs may take (candidates: accepting, with
-        free GPU memory >= 0), keyed by (score, node order): node order breaks ties as min() does."""
-        self._order = {node_id: i for i, node_id in enumerate(self._state)}
-        self._heap = [(score(n), self._order[i], self._version[i], i)
-                      for i in self._open if (n := self._state[i]).accepting and n.gpu_mem_free_gib >= 0.0]  # fmt: skip
-        heapq.heapify(self._heap)
-        return self._heap
-
-    def _add(self, node_id: str) -> None:
-        """Count one more job on `node_id`, chosen by the policy or the affinity ring."""
-        n = self._count_one(node_id)
-        held = self._held[node_id] = self._held[node_id] + 1
-        self._version[node_id] += 1
-        limit = self._limit[node_id]
-        if limit is not None and self.free_room is not None and n.accepting:
-            self.free_room -= 1
-        if limit is not None and held >= limit:
-            self._open.pop(node_id, None)
-        elif self._heap is not None and self._score is not None and n.accepting and n.gpu_mem_free_gib >= 0.0:
-            heapq.heappush(self._heap, (self._score(n), self._order[node_id], self._version[node_id], node_id))
-
-    def _count_one(self, node_id: str) -> NodeState:
-        """The node with one more job queued. Its first placement since nodes() copies the
-        record (what `with_extra_load` does, without dataclasses.replace re-running __init__
-        over every field: 0.7 us, not 7); later ones bump the copy's count in place, which is
-        safe because the copy is this state's own until nodes() hands it out (0.1 us)."""
-        n = self._state[node_id]
-        if node_id in self._copied:
-            n.__dict__["queued"] += 1
-            return n
-        copy = object.__new__(type(n))
-        copy.__dict__.update(n.__dict__)
-        copy.__dict__["queued"] = n.queued + 1
-        self._state[node_id] = copy
-        self._copied.add(node_id)
-        return copy
+    def _fold(self) -> None:
+        """Fold the tally into the records: a new record for each node placed on since."""
+        if self._placed:
+            state, load = self._state, self._load
+            for node_id in self._placed:
+                n = state[node_id]
+                state[node_id] = n.with_extra_load(load[node_id] - n.load)
+            self._placed.clear()

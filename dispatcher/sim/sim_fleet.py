@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from ..routing.models import JobSpec, NodeState
 from ..routing.policies import make_policy
 from ..routing.router import Router
-from .simulator import SimConfig, Workload
+from .config import SimConfig
+from .workload import Workload
 
 INF = float("inf")
 

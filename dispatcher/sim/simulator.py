@@ -4,8 +4,8 @@ A discrete-event simulation of one dispatcher in front of single-slot nodes of g
 speeds, driving the SAME policy objects and Router as the real dispatcher. Jobs arrive
 as a Poisson stream at `load` x the fleet's total service rate; a job's work is
 exponential or lognormal with mean 1, and a node of speed s runs it in work / s. Time is
-in mean service times of a speed-1 node. The fleet mechanics live in `sim_fleet`; this
-module holds the settings, the workload and the summary.
+in mean service times of a speed-1 node. A run's settings live in `config`, its job stream
+in `workload`, the fleet mechanics in `sim_fleet`; this module runs them and sums up.
 
 Information model (`stale` = heartbeat period; `stale=0` is fresh information). Two
 models, chosen by `stale_model`:
@@ -37,59 +37,23 @@ matter here.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 
-from ..errors import SettingsError
-from ..routing.policies import DEFAULT_POLICY, POLICY_NAMES
+from .config import CENTRAL_QUEUE, SERVICE_DISTRIBUTIONS, SIM_POLICY_NAMES, STALE_MODELS, SimConfig
+from .sim_fleet import run_central_queue, run_routed
+from .workload import make_workload
 
-CENTRAL_QUEUE = "central-queue"
-SIM_POLICY_NAMES = (*POLICY_NAMES, CENTRAL_QUEUE)
-SERVICE_DISTRIBUTIONS = ("exp", "lognormal")
-STALE_MODELS = ("heartbeat", "bulletin")  # see the module docstring: both are harsher than the dispatcher
-LOGNORMAL_SIGMA = 1.0  # squared coefficient of variation e^1 - 1 ~ 1.72, against exp's 1
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """One simulation run; `__post_init__` refuses settings that cannot run."""
-
-    policy: str = DEFAULT_POLICY
-    speeds: tuple[float, ...] = (1.0,) * 10
-    load: float = 0.9
-    jobs: int = 100_000
-    service: str = "exp"
-    stale: float = 0.0
-    stale_model: str = "heartbeat"
-    max_node_queue: int | None = None  # None: capacity + prefetch (late binding); 0: unbounded
-    prefetch: int = 2
-    affinity_keys: int = 0
-    affinity_epsilon: float = 0.25
-    seed: int = 0
-    warmup: float = 0.1  # share of the first jobs left out of the statistics
-    inflight_accounting: bool = True  # bulletin only; False only to show the herding it prevents
-
-    def __post_init__(self) -> None:
-        if self.policy not in SIM_POLICY_NAMES:
-            raise SettingsError(f"unknown policy {self.policy!r}; choose one of: {', '.join(SIM_POLICY_NAMES)}")
-        if not self.speeds or any(not (s > 0 and math.isfinite(s)) for s in self.speeds):
-            raise SettingsError(f"speeds must be one or more positive numbers (got {self.speeds})")
-        if not 0 < self.load < 1:
-            raise SettingsError(f"load must be in (0, 1), or queues grow without bound (got {self.load})")
-        if self.jobs < 1:
-            raise SettingsError(f"jobs must be at least 1 (got {self.jobs})")
-        if self.service not in SERVICE_DISTRIBUTIONS:
-            raise SettingsError(f"service must be one of {', '.join(SERVICE_DISTRIBUTIONS)} (got {self.service!r})")
-        if self.stale < 0:
-            raise SettingsError(f"stale must be >= 0 (got {self.stale})")
-        if self.stale_model not in STALE_MODELS:
-            raise SettingsError(f"stale_model must be one of {', '.join(STALE_MODELS)} (got {self.stale_model!r})")
-        if self.max_node_queue is not None and self.max_node_queue < 0:
-            raise SettingsError(f"max_node_queue must be >= 0 (got {self.max_node_queue})")
-        if self.prefetch < 0 or self.affinity_keys < 0 or self.affinity_epsilon < 0:
-            raise SettingsError("prefetch, affinity_keys and affinity_epsilon must be >= 0")
-        if not 0 <= self.warmup < 1:
-            raise SettingsError(f"warmup must be in [0, 1) (got {self.warmup})")
+__all__ = [  # config's names too: `gpufleet simulate` and the bench import them from here
+    "CENTRAL_QUEUE",
+    "SERVICE_DISTRIBUTIONS",
+    "SIM_POLICY_NAMES",
+    "STALE_MODELS",
+    "NodeReport",
+    "SimConfig",
+    "SimResult",
+    "percentile",
+    "simulate",
+]
 
 
 @dataclass(frozen=True)
@@ -123,34 +87,6 @@ class SimResult:
         }
 
 
-@dataclass(frozen=True)
-class Workload:
-    """Every job's arrival time, work (mean 1) and affinity key index (-1: none)."""
-
-    arrivals: list[float]
-    works: list[float]
-    keys: list[int]
-
-
-def make_workload(cfg: SimConfig) -> Workload:
-    """The job stream for `cfg`. Arrivals, work and keys each have their own seeded stream,
-    so every policy sees the very same jobs (common random numbers)."""
-    rate = cfg.load * sum(cfg.speeds)
-    arrival_rng, work_rng, key_rng = (random.Random(f"{cfg.seed}:{name}") for name in ("arrival", "work", "key"))
-    arrivals, t = [], 0.0
-    for _ in range(cfg.jobs):
-        t += arrival_rng.expovariate(rate)
-        arrivals.append(t)
-    if cfg.service == "exp":
-        works = [work_rng.expovariate(1.0) for _ in range(cfg.jobs)]
-    else:
-        mu = -LOGNORMAL_SIGMA**2 / 2  # mean exp(mu + sigma^2/2) = 1
-        works = [work_rng.lognormvariate(mu, LOGNORMAL_SIGMA) for _ in range(cfg.jobs)]
-    k = cfg.affinity_keys
-    keys = [key_rng.randrange(k) for _ in range(cfg.jobs)] if k else [-1] * cfg.jobs
-    return Workload(arrivals, works, keys)
-
-
 def percentile(sorted_values: list[float], q: float) -> float:
     """The nearest-rank q-quantile (0 < q <= 1) of an ascending list."""
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
@@ -158,8 +94,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def simulate(cfg: SimConfig) -> SimResult:
     """Run `cfg` to the last job's completion; the same config gives the same result."""
-    from .sim_fleet import run_central_queue, run_routed  # the fleet imports this module's types
-
     work = make_workload(cfg)
     run = run_central_queue if cfg.policy == CENTRAL_QUEUE else run_routed
     outcome = run(cfg, work)

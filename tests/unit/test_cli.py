@@ -78,7 +78,8 @@ def test_render_status_shows_nodes_and_ingress() -> None:
                    "completed": 1, "failed": 1, "heartbeat_age_s": 12.0}],
     })  # fmt: skip
     assert "a     alive  50%" in text and "dead" in text
-    assert "nodes: 1 alive of 2" in text and "normal=5" in text
+    assert "nodes: live 1 · alive 1 · dead 1" in text and "normal=5" in text
+    assert "not shown" not in text  # no node was left out of the view
 
 
 def test_status_shows_each_gpu_the_heartbeat_reported() -> None:

@@ -166,16 +166,16 @@ def test_nothing_listening_is_reported_at_once() -> None:
 
 
 @pytest.mark.parametrize(
-    "url, words",
+    "url, code, words",
     [
-        ("redis://127.0.0.1:{http}/0", "not a Redis server?"),
-        ("redis+sentinel://127.0.0.1:{http}/gpufleet", "not a Redis server?"),
-        ("redis+sentinel://127.0.0.1:{closed}/gpufleet", "named a master for service 'gpufleet'"),
-        ("redis+sentinel://127.0.0.1:{closed}", "invalid Sentinel URL"),
+        ("redis://127.0.0.1:{http}/0", 1, "not a Redis server?"),
+        ("redis+sentinel://127.0.0.1:{http}/gpufleet", 1, "not a Redis server?"),
+        ("redis+sentinel://127.0.0.1:{closed}/gpufleet", 1, "named a master for service 'gpufleet'"),
+        ("redis+sentinel://127.0.0.1:{closed}", 2, "invalid Sentinel URL"),  # not a URL gpufleet can use: usage
     ],
 )
-def test_the_cli_says_what_is_wrong_with_the_redis_url_without_a_traceback(url: str, words: str) -> None:
+def test_the_cli_says_what_is_wrong_with_the_redis_url_without_a_traceback(url: str, code: int, words: str) -> None:
     with tcp_listener(HTTP_REPLY) as http:
         result = CliRunner().invoke(cli, ["--redis-url", url.format(http=http, closed=free_port()), "status"])
-    assert result.exit_code == 1 and words in result.output, result.output
+    assert result.exit_code == code and words in result.output, result.output
     assert "Traceback" not in result.output

@@ -1,10 +1,10 @@
-"""The router's fast placement (a heap by score, state carried from round to round) makes the
-very choices of the plain algorithm: ask the policy about every job over the nodes with room."""
+"""The router's fast placement (the policy's Ranking kept from job to job, a tally of placements
+beside the records, state carried from round to round) makes the very choices of the plain
+algorithm: ask the policy about every job over the nodes with room."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,8 +16,8 @@ from gpufleet.dispatcher.routing.policies import (
     LowestScore,
     ShortestExpectedDelay,
     eligible,
-    lowest_score,
     make_policy,
+    ranking_of,
 )
 from gpufleet.dispatcher.routing.router import Router
 
@@ -92,14 +92,17 @@ def test_every_policy_places_as_the_plain_algorithm_does(policy: str, max_node_q
 
 
 def test_a_route_changes_none_of_the_records_it_was_given_or_handed_out() -> None:
+    """Records cannot change (no __dict__ to write); the router's own tally carries the counts."""
     router = Router(ShortestExpectedDelay(), max_node_queue=0)
     given = [node(x) for x in "abc"]
-    kept = [replace(n) for n in given]
+    with pytest.raises(AttributeError):
+        given[0].queued = 5  # type: ignore[misc]
+    assert not hasattr(given[0], "__dict__")
     _, first = router.route([("j0", PLAIN), ("j1", PLAIN), ("j2", PLAIN), ("j3", PLAIN)], given)
-    first_kept = [replace(n) for n in first]
-    router.route([(f"k{i}", PLAIN) for i in range(9)], first)
-    assert given == kept
-    assert first == first_kept
+    _, second = router.route([(f"k{i}", PLAIN) for i in range(9)], first)
+    assert [n.load for n in given] == [0, 0, 0]
+    assert [n.load for n in first] == [2, 1, 1]
+    assert [n.load for n in second] == [5, 4, 4]
 
 
 def test_a_list_changed_in_place_is_not_taken_for_the_one_handed_out() -> None:
@@ -120,15 +123,15 @@ def test_free_room_counts_what_accepting_nodes_may_still_take() -> None:
     assert Router(ShortestExpectedDelay(), max_node_queue=0).free_room(nodes) is None
 
 
-def test_only_a_plain_lowest_score_choice_may_use_the_heap() -> None:
+def test_only_a_plain_lowest_score_choice_may_keep_a_ranking() -> None:
     class Contrary(ShortestExpectedDelay):
         def choose(self, job: JobSpec, nodes: Any) -> str | None:
-            return max(nodes, key=self.score).node_id if nodes else None
+            return max(nodes, key=lambda n: self.score(n, n.load)).node_id if nodes else None
 
-    assert lowest_score(ShortestExpectedDelay()) is not None
-    assert lowest_score(Contrary()) is None
-    assert lowest_score(make_policy("power-of-two")) is None
-    assert all(isinstance(make_policy(name), LowestScore) == (lowest_score(make_policy(name)) is not None)
+    assert ranking_of(ShortestExpectedDelay()) is not None
+    assert ranking_of(Contrary()) is None
+    assert ranking_of(make_policy("power-of-two")) is None
+    assert all(isinstance(make_policy(name), LowestScore) == (ranking_of(make_policy(name)) is not None)
                for name in POLICY_NAMES)  # fmt: skip
     router = Router(Contrary(), max_node_queue=0)
     moves, _ = router.route([("j0", PLAIN)], [node("a"), node("b", queued=3)])

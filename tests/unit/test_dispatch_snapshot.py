@@ -4,7 +4,9 @@ nodes as the one-command-per-key read (plain commands: fakeredis stands in for R
 from __future__ import annotations
 
 import fakeredis
+import pytest
 
+from gpufleet.dispatcher.routing.models import NodeState
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.fleet.snapshot import NodeReader, read_nodes, read_nodes_per_key
 from gpufleet.worker.gpu import GpuReading, Reading
@@ -75,3 +77,17 @@ def test_a_heartbeat_is_parsed_again_only_when_its_ts_moves() -> None:
     assert reader.read()[0].completed == 1
     beat(r, "a", 2, 101.0)
     assert reader.read()[0].completed == 2
+
+
+def test_a_refresh_derives_each_node_as_replace_would_from_its_parsed_heartbeat() -> None:
+    """The fast path keeps the heartbeat's fields as parsed and swaps the seven a read finds
+    afresh; the record stays immutable (a NamedTuple: no __dict__ to write)."""
+    parsed = NodeState.from_hash("a", {"ts": "99", "capacity": "4", "models": "llama", "labels": '{"zone": "b"}'},
+                                 alive=True, queued=1, now_s=100.0, running=2, incarnation="i1")  # fmt: skip
+    fresh = parsed.refreshed(False, True, True, 7, 3, 5.5, "")
+    assert fresh == parsed._replace(alive=False, draining=True, ejected=True, queued=7, running=3,
+                                    heartbeat_age_s=5.5, incarnation="")  # fmt: skip
+    assert (fresh.capacity, fresh.models, fresh.labels) == (4, ("llama",), {"zone": "b"})
+    assert parsed.with_extra_load(2) == parsed._replace(queued=3)
+    with pytest.raises(AttributeError):
+        parsed.queued = 5  # type: ignore[misc]

@@ -63,7 +63,9 @@ def test_node_ids_and_pinning_name_the_gpus() -> None:
 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["--gpus", "all"], 1, "NVML found no GPU on this host"),
-    (["--gpus", "0,1,2", "--gpus-per-node", "2"], 1, "3 GPUs do not split into nodes of 2"),
+    (["--gpus", "0,1,2", "--gpus-per-node", "2"], 2, "names 3 GPUs, which do not split into nodes of"),  # as typed
+    (["--gpus", "abc"], 2, "'abc' is not a GPU index"),  # typed wrong: usage
+    (["--gpus", "0:1"], 1, "NVML is unavailable, so only indices work"),  # well typed, but not this host's
     (["--gpus-per-node", "2"], 2, "--gpus-per-node needs --gpus"),
 ])  # fmt: skip
 def test_the_worker_command_refuses_a_bad_gpu_layout_before_starting_anything(

@@ -16,6 +16,7 @@ from gpufleet.dispatcher.routing.policies import (
     LeastConnections,
     LoadAware,
     PowerOfTwo,
+    Ranking,
     RoundRobin,
     ShortestExpectedDelay,
     ShortestResponseTime,
@@ -96,6 +97,31 @@ def test_shortest_expected_delay_counts_slots() -> None:
 def test_shortest_response_time_picks_the_lowest_ewma_then_fewer_jobs() -> None:
     nodes = [node("a", service_time_s=2.0), node("b", service_time_s=0.5, queued=3), node("c", service_time_s=0.5, queued=1)]
     assert ShortestResponseTime().choose(JOB, nodes) == "c"
+
+
+@pytest.mark.parametrize("policy", [LeastConnections(), ShortestResponseTime(), ShortestExpectedDelay()])
+def test_a_ranking_tops_with_the_lowest_score_as_loads_change(policy: Any) -> None:
+    """Random loads given to random nodes one at a time, some dropped: the top is always the
+    minimum of score(node, its load now) over the nodes still in, first in node order on a tie."""
+    rng = random.Random(7)
+    nodes = [node(f"n{i}", capacity=rng.randint(1, 3), queued=rng.randint(0, 3),
+                  service_time_s=rng.choice([0.5, 1.0])) for i in rng.sample(range(50), 12)]  # fmt: skip
+    ranking = Ranking(policy.score, nodes)
+    load = {n.node_id: n.load for n in nodes}
+    by_id = {n.node_id: n for n in nodes}
+    for _ in range(200):
+        expected = min(load, key=lambda i: policy.score(by_id[i], load[i])) if load else None
+        assert ranking.lowest() == expected
+        if not load:
+            break
+        node_id = expected if rng.random() < 0.5 else rng.choice(sorted(load))
+        if rng.random() < 0.05:
+            ranking.drop(node_id)
+            del load[node_id]
+        else:
+            load[node_id] = max(0, load[node_id] + rng.choice([-1, 1, 1, 2]))
+            ranking.rescore(node_id, load[node_id])
+    assert all((i in ranking) == (i in load) for i in by_id)
 
 
 def test_round_robin_takes_nodes_in_turn_by_id() -> None:

@@ -6,6 +6,7 @@ harsher bulletin board, and is repeatable."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 from click.testing import CliRunner
@@ -158,8 +159,28 @@ def test_simulate_command_prints_the_json_shape() -> None:
     out = CliRunner().invoke(simulate_command, ["--speeds", "1,1,2,4", "--jobs", "2000", "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert set(data) == {"mean", "p50", "p95", "p99", "nodes"}
+    assert set(data) == {"params", "mean", "p50", "p95", "p99", "nodes"}
     assert [set(n) for n in data["nodes"]] == [{"node", "share", "utilization"}] * 4
+
+
+def test_simulate_json_echoes_every_parameter_it_ran_with() -> None:
+    """Given flags and defaults mixed, `params` names each SimConfig field with the value used,
+    so a result file says how to reproduce it."""
+    out = CliRunner().invoke(simulate_command, ["--speeds", "1,2", "--jobs", "500", "--load", "0.5", "--stale", "1",
+                                                "--stale-model", "bulletin", "--prefetch", "3", "--seed", "7",
+                                                "--policy", "power-of-two", "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    params = json.loads(out.output)["params"]
+    assert set(params) == {f.name for f in fields(SimConfig)}  # every field, whatever SimConfig grows
+    assert {k: params[k] for k in ("policy", "speeds", "load", "jobs", "service", "stale", "stale_model",
+                                   "max_node_queue", "prefetch", "affinity_keys", "affinity_epsilon", "seed")} == {
+        "policy": "power-of-two", "speeds": [1.0, 2.0], "load": 0.5, "jobs": 500, "service": "exp", "stale": 1.0,
+        "stale_model": "bulletin", "max_node_queue": None, "prefetch": 3, "affinity_keys": 0,
+        "affinity_epsilon": 0.25, "seed": 7,
+    }  # fmt: skip
+    bounded = CliRunner().invoke(simulate_command, ["--nodes", "2", "--jobs", "200", "--max-node-queue", "0", "--json"])
+    assert json.loads(bounded.output)["params"]["max_node_queue"] == 0
+    assert json.loads(bounded.output)["params"]["speeds"] == [1.0, 1.0]
 
 
 def test_simulate_command_reaches_the_bulletin_model() -> None:
@@ -167,7 +188,8 @@ def test_simulate_command_reaches_the_bulletin_model() -> None:
     heartbeat = CliRunner().invoke(simulate_command, args)
     bulletin = CliRunner().invoke(simulate_command, [*args, "--stale-model", "bulletin"])
     assert heartbeat.exit_code == 0 and bulletin.exit_code == 0, (heartbeat.output, bulletin.output)
-    assert json.loads(heartbeat.output) != json.loads(bulletin.output)
+    results = [{k: v for k, v in json.loads(o.output).items() if k != "params"} for o in (heartbeat, bulletin)]
+    assert results[0] != results[1]
 
 
 def test_simulate_command_prints_a_table_by_default() -> None:

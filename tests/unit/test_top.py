@@ -46,7 +46,7 @@ def test_one_frame_shows_nodes_bars_ingress_and_batch_progress() -> None:
     prev = Sample(NOW - 2, {f"gpu-host-{i:03d}": 100 for i in range(len(STATES))})
     lines = frame_text(record, prev)
     text = "\n".join(lines)
-    assert lines[0].startswith("nodes live 5 · desired 5 · dead 1 · draining 1 · ejected 1 · unhealthy 1")
+    assert lines[0].startswith("live 5 · desired 5 · alive 2 · draining 1 · ejected 1 · unhealthy 1 · dead 1")
     assert "ingress high 7  normal 120  low 0" in text
     row = next(line for line in lines if line.startswith("gpu-host-001"))
     assert row.split()[1:] == ["alive", "███████▌", "93%", "███▎░░░░", "41%", "3", "1", "5.0", "84ms"]
