@@ -32,15 +32,15 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
-from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
-from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.client.results import iter_results, read_progress  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
-from gpufleet.worker.batching import batch_spec  # noqa: E402
-from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
-from gpufleet.worker.tasks import synthetic_batched  # noqa: E402
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.worker.batching import batch_spec
+from gpufleet.worker.fleet import LocalFleet, SimNode
+from gpufleet.worker.tasks import synthetic_batched
 
 NS = "bench"
 KINDS = {"unbatched": "gpufleet.worker.tasks:synthetic", "batched": "gpufleet.worker.tasks:synthetic_batched"}

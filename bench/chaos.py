@@ -48,16 +48,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-import chaos_faults as faults  # noqa: E402
-from chaos_checks import examine, tracebacks  # noqa: E402
-from chaos_faults import KEYS, NS, POLL_S, TTL_S, ChaosFleet, Options, Trial, wait_for  # noqa: E402
-from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
-from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect  # noqa: E402
-from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup  # noqa: E402
-from gpufleet.dispatcher.client.results import read_progress  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
-from gpufleet.worker.chaos_tasks import LOG_ENV  # noqa: E402
+import chaos_faults as faults
+from chaos_checks import examine, tracebacks
+from chaos_faults import KEYS, NS, POLL_S, TTL_S, ChaosFleet, Options, Trial, wait_for
+
+from gpufleet.dispatcher.client.results import read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
+from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup
+from gpufleet.worker.chaos_tasks import LOG_ENV
 
 TASK = "gpufleet.worker.chaos_tasks:record"
 # Fast liveness, retries and failover (the integration tests' FAST_ENV), so faults heal in seconds.

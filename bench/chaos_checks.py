@@ -36,14 +36,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from chaos_faults import KEYS, Trial, retry, slot_pids
 from redis import Redis
 from rq.results import Result
 
-from chaos_faults import KEYS, Trial, retry, slot_pids
+from gpufleet.dispatcher.client.results import iter_results, last_line, read_progress
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
 from gpufleet.dispatcher.store.job import SERIALIZER
 from gpufleet.dispatcher.store.keys import RQ_QUEUES, JobField, Keys
-from gpufleet.dispatcher.client.results import iter_results, last_line, read_progress
 
 FINAL = ("finished", "failed", "canceled")
 FINAL_PREFIX = {b"rq:finished:": "finished", b"rq:failed:": "failed", b"rq:canceled:": "canceled"}
@@ -232,7 +232,7 @@ def examine(t: Trial, row: dict[str, Any]) -> None:
 
     garbage = []
     for job_id, kind in t.garbage.items():
-        status, reason = retry(lambda: garbage_outcome(t.r, job_id), 10)
+        status, reason = retry(lambda job_id=job_id: garbage_outcome(t.r, job_id), 10)
         entries = places.get(job_id, [])
         open_entries = [k for k in entries if not final_kind(k)]
         # "node <id> lost" is no reason of the garbage's own: the worker holding it died or gave up

@@ -386,7 +386,8 @@ def bad_payloads(t: Trial) -> str:
         no_hash = next(ids)
         pushed.append((queue, no_hash, f"no HASH @ {where}"))
         pickled = next(ids)  # rq's default serializer: a worker must refuse it, never unpickle it
-        job = Job.create("gpufleet.worker.chaos_tasks.record", args=({"i": -1},), connection=t.r, id=pickled, origin=queue)
+        job = Job.create("gpufleet.worker.chaos_tasks.record", args=({"i": -1},), connection=t.r, id=pickled,
+                         origin=queue)  # fmt: skip
         job.save()
         t.r.hset(job.key, "status", "queued")
         pushed.append((queue, pickled, f"pickle @ {where}"))

@@ -24,7 +24,8 @@ process (the dispatcher under test) runs on CPU 1 and redis-server on CPU 0 (sch
 for the routing rate only; otherwise nothing is pinned. Other load on the machine is not
 controlled: compare medians, and the ratio to the baseline run on the same machine.
 
-    python bench/dispatch_rate.py                      # N=100000, 16 nodes, batch 200 and 1000, 3 runs; latency 300 jobs x 3
+    python bench/dispatch_rate.py                      # N=100000, 16 nodes, batch 200 and 1000, 3 runs;
+                                                       # latency 300 jobs x 3
     python bench/dispatch_rate.py --smoke              # N=5000, 1 run, 40 latency jobs (< 30 s)
     python bench/dispatch_rate.py --pin --profile      # + cProfile of one routing run (top 25 by tottime)
     python bench/dispatch_rate.py --pin --stages --no-latency   # wall us/job per step of a round, beside Redis's own
@@ -53,17 +54,17 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
-from gpufleet.dispatcher.store.keys import JobField, Keys  # noqa: E402
-from gpufleet.dispatcher.loop import Dispatcher  # noqa: E402
-from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
-from gpufleet.dispatcher.routing.policies import make_policy  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
-from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
-from gpufleet.worker.gpu import Reading  # noqa: E402
-from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields  # noqa: E402
-from gpufleet.worker.stats import StatsView  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.loop import Dispatcher
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.routing.policies import make_policy
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import JobField, Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.worker.fleet import LocalFleet, SimNode
+from gpufleet.worker.gpu import Reading
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import StatsView
 
 FUNC = "gpufleet.worker.tasks:echo"
 
@@ -118,7 +119,7 @@ def pin(server: RedisServer, enabled: bool) -> str:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return f"--pin asked, but only CPUs {cpus}: unpinned"
-    proc = server._proc  # noqa: SLF001 (the bench owns the server it started)
+    proc = server._proc
     assert proc is not None
     os.sched_setaffinity(proc.pid, {cpus[0]})
     os.sched_setaffinity(0, {cpus[1]})
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", "-n", type=int, default=100_000, help="Jobs pre-submitted per routing run.")
     ap.add_argument("--nodes", type=int, default=16, help="Nodes with room (one heartbeat each, no worker).")
-    ap.add_argument("--batch", default="200,1000", help="dispatch_batch values to run, comma-separated (1000 is the default setting).")
+    ap.add_argument("--batch", default="200,1000",
+                    help="dispatch_batch values to run, comma-separated (1000 is the default setting).")  # fmt: skip
     ap.add_argument("--max-node-queue", type=int, default=0, help="Router bound per node; 0: unbounded.")
     ap.add_argument("--runs", type=int, default=3, help="Runs per batch size, and latency runs.")
     ap.add_argument("--latency-jobs", type=int, default=300, help="Jobs per latency run, one at a time.")
@@ -279,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap-ms", type=float, default=30.0, help="Idle time between latency jobs (jittered 0.5x-1.5x).")
     ap.add_argument("--no-latency", action="store_true", help="Routing rate only.")
     ap.add_argument("--no-rate", action="store_true", help="Latency only.")
-    ap.add_argument("--pin", action="store_true", help="Routing runs: redis-server on one CPU, this process on another.")
-    ap.add_argument("--profile", action="store_true", help="cProfile the first routing run; top 25 by tottime on stderr.")
+    ap.add_argument("--pin", action="store_true",
+                    help="Routing runs: redis-server on one CPU, this process on another.")  # fmt: skip
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the first routing run; top 25 by tottime on stderr.")  # fmt: skip
     ap.add_argument("--stages", action="store_true",
                     help="Time each step of a routing round (read, route, move, refresh) per job, no profiler.")
     ap.add_argument("--smoke", action="store_true", help="N=5000, 1 run, batch 200, 40 latency jobs.")
@@ -308,30 +312,33 @@ def main(argv: list[str] | None = None) -> int:
                     trials.append(row)
                     print(f"run {run} batch {batch:5}: {row['rate']:9,.0f} jobs/s  wall {row['wall_s']:.3f} s  "
                           f"{row['rounds']} rounds, {row['round_trips_per_round']:.2f} round trips/round, "
-                          f"{row['commands_per_job']:.2f} commands/job, redis-server busy {row['redis_us_per_job']:.2f} us/job "
+                          f"{row['commands_per_job']:.2f} commands/job, "
+                          f"redis-server busy {row['redis_us_per_job']:.2f} us/job "
                           f"(scripts {row['script_us_per_job']:.2f})", file=sys.stderr, flush=True)  # fmt: skip
                     if row["stages_us_per_job"]:
                         print(f"    wall us/job by stage: {row['stages_us_per_job']}; redis-server's own: SORT "
                               f"{row['sort_us_per_job']:.2f}, move script {row['script_us_per_job']:.2f}",
                               file=sys.stderr, flush=True)  # fmt: skip
+            by_batch = {b: [t for t in trials if t["batch"] == b] for b in batches}
             result["routing"] = {
-                str(b): {**spread([t["rate"] for t in trials if t["batch"] == b]),
-                         "round_trips_per_round": statistics.median(t["round_trips_per_round"] for t in trials if t["batch"] == b),
-                         "commands_per_job": statistics.median(t["commands_per_job"] for t in trials if t["batch"] == b),
-                         "redis_us_per_job": statistics.median(t["redis_us_per_job"] for t in trials if t["batch"] == b),
-                         "script_us_per_job": statistics.median(t["script_us_per_job"] for t in trials if t["batch"] == b),
-                         "by_command": next(t["by_command"] for t in trials if t["batch"] == b)}
-                for b in batches
+                str(b): {**spread([t["rate"] for t in ts]),
+                         "round_trips_per_round": statistics.median(t["round_trips_per_round"] for t in ts),
+                         "commands_per_job": statistics.median(t["commands_per_job"] for t in ts),
+                         "redis_us_per_job": statistics.median(t["redis_us_per_job"] for t in ts),
+                         "script_us_per_job": statistics.median(t["script_us_per_job"] for t in ts),
+                         "by_command": next(t["by_command"] for t in ts)}
+                for b, ts in by_batch.items()
             }  # fmt: skip
             if args.pin:  # the latency runs are unpinned: a whole fleet shares the CPUs
                 os.sched_setaffinity(0, all_cpus)
-                os.sched_setaffinity(server._proc.pid, all_cpus)  # type: ignore[union-attr]  # noqa: SLF001
+                os.sched_setaffinity(server._proc.pid, all_cpus)  # type: ignore[union-attr]
         if not args.no_latency:
             rows = []
             for run in range(args.runs):
                 row = latency_trial(r, server.url, args.latency_jobs, args.latency_workers, args.gap_ms, str(run))
                 rows.append(row)
-                print(f"latency run {run}: start median {row['start_ms']['median']:.2f} ms  p99 {row['start_ms']['p99']:.2f} ms"
+                print(f"latency run {run}: start median {row['start_ms']['median']:.2f} ms  "
+                      f"p99 {row['start_ms']['p99']:.2f} ms"
                       f"  (from enqueued_at: {row['start_from_enqueued_at_ms']['median']:.2f} / "
                       f"{row['start_from_enqueued_at_ms']['p99']:.2f} ms)  end median {row['end_ms']['median']:.2f} ms",
                       file=sys.stderr, flush=True)  # fmt: skip
@@ -359,12 +366,14 @@ def print_summary(result: dict[str, Any], args: argparse.Namespace) -> None:
         for b, x in result["routing"].items():
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(x["by_command"].items())[:6])
             print(f"  batch {b:>5}: median {x['median']:,.0f} jobs/s (min {x['min']:,.0f} - max {x['max']:,.0f}); "
-                  f"{x['round_trips_per_round']:.2f} round trips/round; redis-server busy {x['redis_us_per_job']:.2f} us/job "
+                  f"{x['round_trips_per_round']:.2f} round trips/round; "
+                  f"redis-server busy {x['redis_us_per_job']:.2f} us/job "
                   f"(move script {x['script_us_per_job']:.2f}); {x['commands_per_job']:.2f} commands/job: {top}")
     if "latency" in result:
         x = result["latency"]
         m, p = x["start_median_ms"], x["start_p99_ms"]
-        print(f"latency: {x['jobs_per_run']} jobs x {args.runs} run(s), {x['workers']} sim workers, idle gap ~{x['gap_ms']:g} ms")
+        print(f"latency: {x['jobs_per_run']} jobs x {args.runs} run(s), {x['workers']} sim workers, "
+              f"idle gap ~{x['gap_ms']:g} ms")  # fmt: skip
         print(f"  submit -> started_at: median {m['median']:.2f} ms (runs {m['min']:.2f} - {m['max']:.2f}); "
               f"p99 {p['median']:.2f} ms (runs {p['min']:.2f} - {p['max']:.2f})")
         m, p = x["from_enqueued_at_median_ms"], x["from_enqueued_at_p99_ms"]

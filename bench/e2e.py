@@ -34,7 +34,8 @@ machine with no CPU pinning (on the 2-vCPU VMs of bench/RESULTS.md: all on 2 vCP
     python bench/e2e.py                   # N=5000, --runs 3, 1 and 2 workers, gpufleet / rq / celery
     python bench/e2e.py --smoke           # N=300, 1 run, no celery: a CI smoke run (< 30 s)
     python bench/e2e.py --json            # one JSON object per trial, then the summary
-    python bench/e2e.py --profile-worker  # + cProfile (top 25, tottime) of one gpufleet and one rq worker, 1-worker case
+    python bench/e2e.py --profile-worker  # + cProfile (top 25, tottime) of one gpufleet and one rq worker,
+                                          # 1-worker case
 """
 
 from __future__ import annotations
@@ -57,17 +58,17 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from rq import Queue  # noqa: E402
-from rq.serializers import JSONSerializer  # noqa: E402
+from rq import Queue
+from rq.serializers import JSONSerializer
 
-from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
-from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
-from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.client.results import read_progress  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
-from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
-from gpufleet.worker.tasks import echo  # noqa: E402
+from gpufleet.dispatcher.client.results import read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.worker.fleet import LocalFleet, SimNode
+from gpufleet.worker.tasks import echo
 
 POLL_S = 0.01
 SYSTEMS = ("gpufleet", "rq", "celery")
@@ -169,9 +170,9 @@ def run_gpufleet(r: Redis, url: str, n: int, workers: int, trial: str, profile_d
         for i, node in enumerate(nodes):
             if profile_dir and i == 0:  # the same command LocalFleet runs, under cProfile
                 out = os.path.join(profile_dir, "gpufleet_worker.prof")
-                cmd = [sys.executable, "-m", "cProfile", "-o", out, "-m", "gpufleet.cli", "--redis-url", url, "--namespace", ns,
-                       "--log-level", "WARNING", "worker", "--node-id", node.node_id, "--probe", "sim",
-                       "--sim-speed", "1", "--capacity", "1"]  # fmt: skip
+                cmd = [sys.executable, "-m", "cProfile", "-o", out, "-m", "gpufleet.cli", "--redis-url", url,
+                       "--namespace", ns, "--log-level", "WARNING", "worker", "--node-id", node.node_id,
+                       "--probe", "sim", "--sim-speed", "1", "--capacity", "1"]  # fmt: skip
                 profiled.append(subprocess.Popen(cmd, env=python_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                                                  start_new_session=True))  # fmt: skip
             else:
@@ -311,7 +312,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="N=300, --runs 1, no Celery: a CI smoke run.")
     parser.add_argument("--json", action="store_true", help="One JSON line per trial, then the summary as JSON.")
     parser.add_argument("--profile-worker", action="store_true",
-                        help="cProfile one gpufleet and one rq worker (first 1-worker trial); top 25 on stderr.")  # fmt: skip
+                        help="cProfile one gpufleet and one rq worker (first 1-worker trial); "
+                             "top 25 on stderr.")  # fmt: skip
     args = parser.parse_args()
     if args.smoke:
         args.jobs, args.runs, args.no_celery = 300, 1, True
@@ -335,7 +337,8 @@ def main() -> None:
                     if args.json:
                         print(json.dumps(row), flush=True)
                     else:
-                        print(f"run {run} {system:8} workers={workers} {row['rate']:8,.0f} jobs/s  wall {row['wall']:.2f} s"
+                        print(f"run {run} {system:8} workers={workers} {row['rate']:8,.0f} jobs/s  "
+                              f"wall {row['wall']:.2f} s"
                               f"  submit {row['submit_s']:.2f} s  {row['cmds']:.1f} cmds/job"
                               f"{'' if row['ok'] else '  NOT ALL FINISHED'}", file=sys.stderr, flush=True)  # fmt: skip
     summary = summarize(trials, systems, worker_counts)
@@ -383,7 +386,8 @@ def print_table(summary: dict[str, Any], systems: list[str], worker_counts: list
     for w in worker_counts:
         for s in systems:
             x = summary[f"{s}/{w}"]
-            print(f"| {s} | {w} | {fmt_rate(x['median'])} | {fmt_rate(x['min'])} - {fmt_rate(x['max'])} | {x['cmds']:.1f} |")
+            print(f"| {s} | {w} | {fmt_rate(x['median'])} | {fmt_rate(x['min'])} - {fmt_rate(x['max'])} "
+                  f"| {x['cmds']:.1f} |")  # fmt: skip
         for peer in systems[1:]:
             x = summary[f"gpufleet/{peer}/{w}"]
             print(f"| ratio gpufleet / {peer} | {w} | {x['median']:.2f} | {x['min']:.2f} - {x['max']:.2f} | |")

@@ -34,15 +34,15 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
-from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
-from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.client.results import iter_results, read_progress  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
-from gpufleet.dispatcher.fleet.snapshot import read_nodes  # noqa: E402
-from gpufleet.worker.gpu import discover_gpus, make_probe  # noqa: E402
-from gpufleet.worker.fleet import GPUFLEET  # noqa: E402
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.worker.fleet import GPUFLEET
+from gpufleet.worker.gpu import discover_gpus, make_probe
 
 NS = "gpucheck"
 SENTENCES = ["A GPU fleet routes inference jobs.", "The cat sat on the mat.", "Batching fills the GPU."]
@@ -89,8 +89,9 @@ def main() -> None:
     settings = Settings(redis_url=server.url, namespace=NS)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GPUFLEET_HEARTBEAT_INTERVAL_S": "0.5"}
     procs = [subprocess.Popen(cli(server.url, "dispatcher"), env=env),
-             subprocess.Popen(cli(server.url, "worker", "--node-id", "check", "--gpus", args.gpus, "--probe", args.probe,
-                                  "--allow", "examples.minilm", "--allow", "gpufleet.worker.tasks"), env=env)]  # fmt: skip
+             subprocess.Popen(cli(server.url, "worker", "--node-id", "check", "--gpus", args.gpus,
+                                  "--probe", args.probe, "--allow", "examples.minilm",
+                                  "--allow", "gpufleet.worker.tasks"), env=env)]  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while len([n for n in read_nodes(r, Keys(NS)) if n.alive]) < nodes:

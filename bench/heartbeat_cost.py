@@ -40,13 +40,13 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.fleet.snapshot import read_nodes  # noqa: E402
-from gpufleet.worker.gpu import GpuReading, Probe, Reading, make_probe  # noqa: E402
-from gpufleet.dispatcher.store.scripts import Scripts  # noqa: E402
-from gpufleet.worker.heartbeat import Heartbeat, NodeInfo, heartbeat_fields  # noqa: E402
-from gpufleet.worker.stats import NodeStats, StatsView  # noqa: E402
+from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.worker.gpu import GpuReading, Probe, Reading, make_probe
+from gpufleet.worker.heartbeat import Heartbeat, NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import NodeStats, StatsView
 
 
 class CountingConnection(redis.Connection):
@@ -111,7 +111,8 @@ def measure(r: Redis, beats: int, beat: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--beats", type=int, default=2000, help="Heartbeats sent each way.")
-    ap.add_argument("--probe", default="sim", choices=("sim", "cpu"), help="Probe Heartbeat.beat reads (with --gpus 0).")
+    ap.add_argument("--probe", default="sim", choices=("sim", "cpu"),
+                    help="Probe Heartbeat.beat reads (with --gpus 0).")  # fmt: skip
     ap.add_argument("--gpus", type=int, default=1, help="GPUs in the node's per-GPU list (0: the probe's own reading).")
     ap.add_argument("--smoke", action="store_true", help="100 beats each way.")
     ap.add_argument("--json", action="store_true", help="Print the result as one JSON object.")

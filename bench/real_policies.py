@@ -33,16 +33,16 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from gpufleet.cli.render import percentile  # noqa: E402
-from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
-from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
-from gpufleet.dispatcher.routing.models import JobSpec  # noqa: E402
-from gpufleet.dispatcher.routing.policies import POLICY_NAMES  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.client.results import iter_results, read_progress  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
-from gpufleet.worker.demo import latencies_by_node  # noqa: E402
-from gpufleet.worker.fleet import LocalFleet, SimNode  # noqa: E402
+from gpufleet.cli.render import percentile
+from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.routing.policies import POLICY_NAMES
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.worker.demo import latencies_by_node
+from gpufleet.worker.fleet import LocalFleet, SimNode
 
 NODES = (SimNode("sim-1a", 1.0), SimNode("sim-1b", 1.0), SimNode("sim-2", 2.0), SimNode("sim-4", 4.0))
 MEAN_COST_S = 0.05  # seconds on a speed-1 node

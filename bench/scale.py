@@ -33,7 +33,8 @@ Other load on the machine is not controlled: compare medians.
 
     python bench/scale.py                       # 1,000 nodes, 100,000 jobs, 3 runs
     python bench/scale.py --smoke               # 200 nodes, 10,000 jobs, 1 run (< 30 s)
-    python bench/scale.py --pin --profile       # + cProfile of the dispatcher child's timed refreshes and routing, run 0 (top 25 by tottime)
+    python bench/scale.py --pin --profile       # + cProfile of the dispatcher child's timed refreshes and routing,
+                                                # run 0 (top 25 by tottime)
     python bench/scale.py --steady-s 65 --runs 1       # refreshes timed after a minute of refreshing (steady state)
     python bench/scale.py --stages                     # + the snapshot read's parts: SORT, counts/heartbeats, the rest
     python bench/scale.py --nodes 2000 --jobs 200000 --runs 1 --json
@@ -61,18 +62,18 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from gpufleet.dispatcher.client.submit import Submitter  # noqa: E402
-from gpufleet.dispatcher.store.keys import Keys  # noqa: E402
-from gpufleet.dispatcher.loop import Dispatcher  # noqa: E402
-from gpufleet.dispatcher.routing.models import JobSpec, NodeState  # noqa: E402
-from gpufleet.dispatcher.fleet.outliers import FailureRateOutliers  # noqa: E402
-from gpufleet.dispatcher.routing.policies import make_policy  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
-from gpufleet.worker.gpu import GpuReading, Reading  # noqa: E402
-from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields  # noqa: E402
-from gpufleet.worker.stats import StatsView  # noqa: E402
-from gpufleet.worker.fleet import GPUFLEET  # noqa: E402
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.outliers import FailureRateOutliers
+from gpufleet.dispatcher.loop import Dispatcher
+from gpufleet.dispatcher.routing.models import JobSpec, NodeState
+from gpufleet.dispatcher.routing.policies import make_policy
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
+from gpufleet.worker.fleet import GPUFLEET
+from gpufleet.worker.gpu import GpuReading, Reading
+from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.stats import StatsView
 
 FUNC = "gpufleet.worker.tasks:echo"
 TICK_S = 0.01
@@ -266,8 +267,8 @@ def time_status(url: str, namespace: str, json_out: bool) -> tuple[float, int]:
     if json_out:
         n_nodes = len(json.loads(out)["nodes"])
     else:
-        m = re.search(r"nodes: \d+ alive of (\d+)", out)
-        n_nodes = int(m.group(1)) if m else -1
+        m = re.search(r"nodes: live (\d+) .* dead (\d+)", out)  # the summary line (cli/render.py)
+        n_nodes = int(m.group(1)) + int(m.group(2)) if m else -1
     return wall, n_nodes
 
 
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pin", action="store_true", help="redis-server on CPU 0, the dispatcher child on CPU 1.")
     ap.add_argument("--profile", action="store_true", help="cProfile the dispatcher child of run 0 (stderr).")
     ap.add_argument("--stages", action="store_true",
-                    help="Also time the snapshot read's parts (SORT round trip, counts/heartbeats round trip, whole read).")
+                    help="Also time the snapshot read's parts (SORT round trip, counts/heartbeats round trip, "
+                         "whole read).")  # fmt: skip
     ap.add_argument("--smoke", action="store_true", help="200 nodes, 10,000 jobs, 1 run, 10 refreshes, 1 status run.")
     ap.add_argument("--json", action="store_true", help="Print the result as one JSON object.")
     ap.add_argument("--heartbeat-child", nargs=5, help=argparse.SUPPRESS)
@@ -348,17 +350,20 @@ def main(argv: list[str] | None = None) -> int:
         placement = "unpinned: every process shares the machine's CPUs"
         if args.pin and len(os.sched_getaffinity(0)) >= 2:
             cpus = sorted(os.sched_getaffinity(0))
-            os.sched_setaffinity(server._proc.pid, {cpus[0]})  # type: ignore[union-attr]  # noqa: SLF001
-            placement = f"pinned: redis-server on CPU {cpus[0]}, dispatcher child on CPU {cpus[1]}; writer and CLI unpinned"
+            os.sched_setaffinity(server._proc.pid, {cpus[0]})  # type: ignore[union-attr]
+            placement = (f"pinned: redis-server on CPU {cpus[0]}, dispatcher child on CPU {cpus[1]}; "
+                         "writer and CLI unpinned")  # fmt: skip
         for run in range(args.runs):
             row = one_run(server, args, run, profile_path if run == 0 else "")
             rows.append(row)
             idle, busy = [x * 1000 for x in row["idle_refresh_s"]], [x * 1000 for x in row["routing_refresh_s"]]
-            print(f"run {run}: refresh median {statistics.median(idle):.1f} ms (p90 {pct(idle, 0.9):.1f}, max {max(idle):.1f}; "
+            print(f"run {run}: refresh median {statistics.median(idle):.1f} ms "
+                  f"(p90 {pct(idle, 0.9):.1f}, max {max(idle):.1f}; "
                   f"health check {statistics.median(row['idle_health_s']) * 1000:.1f})"
                   f"; while routing {statistics.median(busy) if busy else float('nan'):.1f} ms over {len(busy)}; "
                   f"routing {row['rate']:,.0f} jobs/s; RSS {row['rss_mib']:.0f} MiB (peak {row['peak_rss_mib']:.0f}); "
-                  f"status {statistics.median(row['status_s']):.2f} s, --json {statistics.median(row['status_json_s']):.2f} s",
+                  f"status {statistics.median(row['status_s']):.2f} s, "
+                  f"--json {statistics.median(row['status_json_s']):.2f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
     result = summarize(rows, args, version, placement)
     if args.json:
@@ -406,7 +411,8 @@ def print_summary(x: dict[str, Any]) -> None:
     print(line("snapshot refresh, jobs waiting", x["refresh_ms"], ".1f", "ms"))
     print(line("snapshot refresh p90", x["refresh_p90_ms"], ".1f", "ms"))
     print(line("  of which the health check", x["health_check_ms"], ".1f", "ms"))
-    print(line("  outlier check alone, at a full 60 s window (steady state; pure)", x["outliers_full_window_ms"], ".1f", "ms"))
+    print(line("  outlier check alone, at a full 60 s window (steady state; pure)", x["outliers_full_window_ms"],
+               ".1f", "ms"))  # fmt: skip
     print(line("snapshot refresh while routing", x["refresh_while_routing_ms"], ".1f", "ms"))
     print(line("routing", x["routing_jobs_per_s"], ",.0f", "jobs/s"))
     print(line("dispatcher RSS after routing", x["rss_mib"], ".0f", "MiB"))

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY, POLICY_NAMES  # noqa: E402
-from gpufleet.dispatcher.sim.simulator import CENTRAL_QUEUE, SimConfig, simulate  # noqa: E402
+from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY, POLICY_NAMES
+from gpufleet.dispatcher.sim.simulator import CENTRAL_QUEUE, SimConfig, simulate
 
 SPEEDS = (1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 8.0)
 LOADS = (0.5, 0.8, 0.9, 0.95)

@@ -36,10 +36,10 @@ from rq.serializers import JSONSerializer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from gpufleet.dispatcher.client.submit import submit_file  # noqa: E402
-from gpufleet.dispatcher.store.connection import connect  # noqa: E402
-from gpufleet.dispatcher.store.redis_server import RedisServer  # noqa: E402
-from gpufleet.dispatcher.settings import Settings  # noqa: E402
+from gpufleet.dispatcher.client.submit import submit_file
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.connection import connect
+from gpufleet.dispatcher.store.redis_server import RedisServer
 
 FUNC = "gpufleet.worker.tasks:echo"
 

@@ -11,11 +11,11 @@ from typing import Any
 import click
 
 from gpufleet.dispatcher.fleet.autoscale import Autoscaler, ScaleCommand, ScaleParams, clear_desired
-from gpufleet.dispatcher.store.connection import connect, mask_url
-from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.loop import Dispatcher
 from gpufleet.dispatcher.observe.metrics import DispatcherMetrics, serve
 from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
+from gpufleet.dispatcher.store.connection import connect, mask_url
+from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.worker.gpu import PROBE_NAMES
 from gpufleet.worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_gpu_nodes, run_worker
 
@@ -101,23 +101,28 @@ def parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 @click.command()
-@click.option("--node-id", default=None, help="This node's id (default: the host name); with --gpus, the prefix of each.")
+@click.option("--node-id", default=None,
+              help="This node's id (default: the host name); with --gpus, the prefix of each.")  # fmt: skip
 @click.option("--gpus", default=None, metavar="all|0,1,3", callback=parse_gpus,
               help="One node per GPU, each its own process pinned with CUDA_VISIBLE_DEVICES, named "
                    "<node-id>-gpu<N>; restarted if it dies. 'all': every GPU NVML sees, MIG instances "
                    "included (as 0:1). Default: one node on whatever GPUs the process sees.")  # fmt: skip
 @click.option("--gpus-per-node", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With --gpus: GPUs per node, for a model that spans several (node <node-id>-gpu0+1).")  # fmt: skip
+              help="With --gpus: GPUs per node, for a model that spans several "
+                   "(node <node-id>-gpu0+1).")  # fmt: skip
 @click.option("--probe", type=click.Choice(PROBE_NAMES), default="nvml", show_default=True,
-              help="GPU figures from NVML, from the CPU (no GPU), or simulated from the worker's busy time.")  # fmt: skip
+              help="GPU figures from NVML, from the CPU (no GPU), or simulated from the worker's "
+                   "busy time.")  # fmt: skip
 @click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Speed of a simulated node: gpufleet.worker.tasks:synthetic runs cost / speed seconds.")  # fmt: skip
+              help="Speed of a simulated node: gpufleet.worker.tasks:synthetic runs cost / speed "
+                   "seconds.")  # fmt: skip
 @click.option("--capacity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Jobs this node runs at once, as reported to the dispatcher.")  # fmt: skip
 @click.option("--weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Static weight for the weighted-round-robin policy.")  # fmt: skip
 @click.option("--allow", multiple=True, metavar="MODULE",
-              help="Module whose functions this worker may run (repeatable). Default: gpufleet.worker.tasks.")  # fmt: skip
+              help="Module whose functions this worker may run (repeatable). "
+                   "Default: gpufleet.worker.tasks.")  # fmt: skip
 @click.option("--burst", is_flag=True, help="Exit once the node queue is empty.")
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (with --gpus, node i on "

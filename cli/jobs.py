@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
+from gpufleet.dispatcher.client.results import BatchProgress, iter_results, read_progress
 from gpufleet.dispatcher.client.submit import submit_file
 from gpufleet.dispatcher.store.connection import connect
 from gpufleet.dispatcher.store.keys import PRIORITIES, Keys
-from gpufleet.dispatcher.client.results import BatchProgress, iter_results, read_progress
 
 from .state import EXIT_ERROR, CliState, pass_state
 

@@ -17,21 +17,21 @@ from contextlib import ExitStack, contextmanager
 import click
 import redis
 
+from gpufleet.dispatcher.client.results import iter_results, read_progress
 from gpufleet.dispatcher.client.submit import Submitter
 from gpufleet.dispatcher.errors import GpufleetError
 from gpufleet.dispatcher.fleet.control import forget_node
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.connection import connect, mask_url
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
-from gpufleet.dispatcher.client.results import iter_results, read_progress
-from gpufleet.dispatcher.settings import Settings
 from gpufleet.worker.demo import DEMO_NODES, demo_jobs, latencies_by_node
 from gpufleet.worker.fleet import LocalFleet
 
 from .jobs import wait_for_batch
-from .state import CliState, pass_state
 from .options import check_redis_url
 from .render import percentile, render_latency_table
+from .state import CliState, pass_state
 
 redis_url_option = click.option(
     "--redis-url", "own_redis_url", default=None, metavar="URL", callback=check_redis_url,

@@ -10,8 +10,8 @@ import click
 from click.core import ParameterSource
 
 from gpufleet.dispatcher.errors import GpufleetError, JobFileError
-from gpufleet.dispatcher.store.keys import namespace_problem
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import namespace_problem
 
 from .control import cancel, drain, forget, requeue, undrain
 from .fleet import dispatcher, worker

@@ -16,6 +16,8 @@ from gpufleet.dispatcher.sim.simulator import (
     STALE_MODELS,
     SimConfig,
     SimResult,
+)
+from gpufleet.dispatcher.sim.simulator import (
     simulate as run_simulation,
 )
 
@@ -29,7 +31,8 @@ def parse_speeds(ctx: click.Context, param: click.Parameter, value: str | None) 
         try:
             speed = float(item)
         except ValueError:
-            raise click.BadParameter(f"{item.strip()!r} is not a number; give one speed per node, e.g. 1,1,2,4") from None
+            raise click.BadParameter(f"{item.strip()!r} is not a number; give one speed per node, "
+                                     "e.g. 1,1,2,4") from None  # fmt: skip
         if not speed > 0 or speed == float("inf"):
             raise click.BadParameter(f"speed {item.strip()!r} must be a positive finite number")
         speeds.append(speed)
@@ -80,14 +83,16 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
                    "Both are harsher than the dispatcher, which reads queued and running from Redis at each "
                    "snapshot (as --stale 0 models).")
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
-              help="The most jobs a node may hold; 0 lifts the bound. By default it is capacity + prefetch (late binding).")
+              help="The most jobs a node may hold; 0 lifts the bound. By default it is capacity + prefetch "
+                   "(late binding).")
 @click.option("--prefetch", type=click.IntRange(min=0), default=2, show_default=True,
               help="The jobs a node may hold beyond its capacity under late binding.")
 @click.option("--affinity-keys", type=click.IntRange(min=0), default=0, show_default=True,
               help="The number of distinct session keys to spread over the jobs; 0 means no session persistence.")
 @click.option("--affinity-epsilon", type=click.FloatRange(min=0), default=0.25, show_default=True,
               help="How far above the mean load an affine node may go before its keys spill to the next node.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The random seed; the same seed gives the same output.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The random seed; the same seed gives the same output.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object instead of a table: the parameters it ran with, then the result.")
 def simulate(

@@ -8,14 +8,14 @@ from typing import Any
 
 import click
 
-from gpufleet.dispatcher.store.connection import connect
-from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.client.results import read_batch_status
 from gpufleet.dispatcher.observe.status import read_status
+from gpufleet.dispatcher.store.connection import connect
+from gpufleet.dispatcher.store.keys import Keys
 
 from .live import eta
-from .state import CliState, pass_state
 from .render import render_status
+from .state import CliState, pass_state
 
 
 @click.command()

@@ -21,12 +21,12 @@ import redis
 from rich.console import Console
 from rich.live import Live
 
+from gpufleet.dispatcher.client.results import batches_in_flight
 from gpufleet.dispatcher.errors import RedisUnavailable
+from gpufleet.dispatcher.observe.status import read_status
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect, mask_url
 from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.client.results import batches_in_flight
-from gpufleet.dispatcher.settings import Settings
-from gpufleet.dispatcher.observe.status import read_status
 
 from .live import Sample, frame_record, render_error, render_frame
 from .state import CliState, pass_state

@@ -10,7 +10,8 @@
 
 errors.py and settings.py are shared by all. routing imports no other part, store only
 routing's two records (JobSpec, NodeState); client, fleet and observe build on those two
-(the Client's cancel is fleet's control.cancel); loop.py imports the rest. Nothing here imports gpufleet.worker or gpufleet.cli.
+(the Client's cancel is fleet's control.cancel); loop.py imports the rest. Nothing here
+imports gpufleet.worker or gpufleet.cli.
 """
 
 from .client.api import Batch, Client

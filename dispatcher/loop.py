@@ -11,24 +11,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import redis
 from redis import Redis
 
 from .fleet.autoscale import Autoscaler
-from .store.connection import REDIS_DOWN
 from .fleet.health import Health
-from .store.job import needs_spec
-from .store.keys import PRIORITIES, JobField, Keys
 from .fleet.lease import Lease
+from .fleet.snapshot import NodeReader
 from .observe.metrics import DispatcherMetrics, set_desired_nodes
 from .routing.models import JobSpec, NodeState
 from .routing.policies import Policy
 from .routing.router import Router
-from .store.scripts import DROPPED, MOVED, Scripts, read_id
 from .settings import Settings
-from .fleet.snapshot import NodeReader
+from .store.connection import REDIS_DOWN
+from .store.job import needs_spec
+from .store.keys import PRIORITIES, JobField, Keys
+from .store.scripts import DROPPED, MOVED, Scripts, read_id
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,8 @@ class Dispatcher:
                     log.exception("dispatch round failed")
                     stop.wait(1.0)
         finally:
-            try:
+            with suppress(redis.RedisError):
                 self.lease.release()
-            except redis.RedisError:
-                pass
 
     def _pause(self, stop: threading.Event, rnd: Round | None) -> None:
         """Wait before the next round: not at all after moving jobs; else until a submit or a

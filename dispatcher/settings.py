@@ -11,7 +11,8 @@ from .errors import SettingsError
 from .store.keys import namespace_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-FORGET_DEAD_AFTER_S = 3600.0  # status, top and metrics stop showing a node dead this long (GPUFLEET_FORGET_DEAD_AFTER_S)
+# status, top and metrics stop showing a node dead this long (GPUFLEET_FORGET_DEAD_AFTER_S)
+FORGET_DEAD_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class Settings:
         if not 0 <= self.low_share < 1:
             raise SettingsError(f"low_share must be in [0, 1) (got {self.low_share})")
         if self.forget_dead_after_s < 0:
-            raise SettingsError(f"forget_dead_after_s must be >= 0 (0: never hide a dead node; got {self.forget_dead_after_s})")
+            raise SettingsError(f"forget_dead_after_s must be >= 0 (0: never hide a dead node; "
+                                f"got {self.forget_dead_after_s})")  # fmt: skip
         if self.prefetch < 0 or self.max_node_queue < -1:
             raise SettingsError("prefetch must be >= 0 and max_node_queue >= -1")
 
@@ -81,7 +83,8 @@ class Settings:
             try:
                 overrides[f.name] = type(f.default)(raw)  # type: ignore[misc]  # every field has a default
             except ValueError:
-                raise SettingsError(f"GPUFLEET_{f.name.upper()}={raw!r} is not a valid {type(f.default).__name__}")
+                raise SettingsError(f"GPUFLEET_{f.name.upper()}={raw!r} is not a valid "
+                                    f"{type(f.default).__name__}") from None  # fmt: skip
         return cls(**overrides)
 
     def with_overrides(self, **values: Any) -> Settings:

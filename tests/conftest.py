@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from gpufleet.dispatcher.errors import GpufleetError
-from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.routing.models import NodeState
-from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup
 
 T = TypeVar("T")
 

@@ -21,10 +21,10 @@ def demo_jobs(n: int, seed: int = 0) -> list[JobSpec]:
     sigma = 0.5
     mu = -0.5 * sigma**2  # so the mean of lognormvariate(mu, sigma) is 1
     return [
-        JobSpec(func="gpufleet.worker.tasks:synthetic", input={"cost": round(MEAN_COST_S * rng.lognormvariate(mu, sigma), 4)},
-                client_id=f"job-{i:04d}")  # fmt: skip
+        JobSpec(func="gpufleet.worker.tasks:synthetic",
+                input={"cost": round(MEAN_COST_S * rng.lognormvariate(mu, sigma), 4)}, client_id=f"job-{i:04d}")
         for i in range(1, n + 1)
-    ]
+    ]  # fmt: skip
 
 
 def latencies_by_node(records: Iterable[dict[str, Any]]) -> dict[str, list[float]]:

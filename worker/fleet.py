@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from redis import Redis
 
-from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.dispatcher.store.keys import Keys
 
 STOP_GRACE_S = 5.0
 # The `gpufleet` command as a child process, started so that the current directory cannot shadow
@@ -42,7 +42,8 @@ class LocalFleet:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_dir: str | None = None  # each process's stderr goes to <log_dir>/<name>.log (appended); None: ours
 
-    def _spawn(self, name: str, args: Sequence[str], stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: Sequence[str],
+               stdout: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:  # fmt: skip
         cmd = [*GPUFLEET, "--redis-url", self.redis_url, "--namespace", self.namespace, "--log-level", self.log_level,
                *args]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

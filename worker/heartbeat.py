@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gpufleet.dispatcher.store.connection import REDIS_DOWN
 from gpufleet.dispatcher.fleet.node_claim import ProcessIdentity
+from gpufleet.dispatcher.store.connection import REDIS_DOWN
 from gpufleet.dispatcher.store.scripts import Scripts
 
 from . import context

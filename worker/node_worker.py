@@ -40,13 +40,13 @@ from rq.results import Result
 from rq.utils import current_timestamp, now, utcformat
 from rq.worker import WorkerStatus
 
+from gpufleet.dispatcher.fleet.node_claim import stop_mark
+from gpufleet.dispatcher.fleet.retry import may_retry, retry_delay_s
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
 from gpufleet.dispatcher.store.job import BatchCounter, FleetJob, wake_dispatcher
 from gpufleet.dispatcher.store.keys import JobField, Keys
-from gpufleet.dispatcher.fleet.node_claim import stop_mark
-from gpufleet.dispatcher.fleet.retry import may_retry, retry_delay_s
 from gpufleet.dispatcher.store.scripts import FencedWrites, JobStart, Scripts, Taker, read_id
-from gpufleet.dispatcher.settings import Settings
 
 from . import context
 from .interrupts import RedisLost, TakenOver

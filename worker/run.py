@@ -20,20 +20,21 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from redis import Redis
 from rq import Queue
 
-from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
 from gpufleet.dispatcher.errors import NodeIdInUse, NodeTakenOver
 from gpufleet.dispatcher.fleet.health import Leftovers, RequeueReport, recover_node, requeue_node
+from gpufleet.dispatcher.fleet.node_claim import claim_node_id, holder_name, new_incarnation, stop_mark, worker_name
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
 from gpufleet.dispatcher.store.job import SERIALIZER, job_class
 from gpufleet.dispatcher.store.keys import RQ_QUEUES, Keys
-from gpufleet.dispatcher.fleet.node_claim import claim_node_id, holder_name, new_incarnation, stop_mark, worker_name
 from gpufleet.dispatcher.store.scripts import Scripts, Taker
-from gpufleet.dispatcher.settings import Settings
 
 from . import context
 from .gpu import GpuDevice, discover_gpus, make_probe
@@ -143,13 +144,12 @@ def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats, i
     scripts = Scripts(r, keys)
     level = logging.getLogger().getEffectiveLevel()
     slots = {f"{opts.node_id}-slot{slot}": slot for slot in range(opts.capacity)}
-    children = [Child(name, work_slot, (settings, opts, stats, slot, incarnation, level)) for name, slot in slots.items()]
+    children = [Child(name, work_slot, (settings, opts, stats, slot, incarnation, level))
+                for name, slot in slots.items()]  # fmt: skip
 
     def drain() -> None:  # before the slots hear of it: nothing new is routed here meanwhile
-        try:
+        with suppress(*REDIS_DOWN):
             r.set(keys.drain_flag(opts.node_id), stop_mark(incarnation), nx=True)
-        except REDIS_DOWN:
-            pass
 
     def hand_back(child: Child, pid: int) -> None:
         scope = Leftovers.of_holder(keys, opts.node_id, holder_name(incarnation, slots[child.name]))
@@ -205,7 +205,8 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
             if lost is None and (worker.stop_requested or opts.burst):
                 return
         if lost is not None and not down:
-            log.error("redis unreachable, slot waits and starts over node=%s slot=%d error=%s", opts.node_id, slot, lost)
+            log.error("redis unreachable, slot waits and starts over node=%s slot=%d error=%s",
+                      opts.node_id, slot, lost)  # fmt: skip
             down = True
         elif lost is None:  # rq's loop ended on something it could not handle: it logged it
             log.warning("worker loop ended, restarting node=%s slot=%d in=%.1fs", opts.node_id, slot, backoff_s)

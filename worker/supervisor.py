@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,8 @@ class Child:
 
 def _child_main(child: Child) -> None:
     os.setpgrp()  # out of the terminal's process group: only the parent's forwarded signal arrives
-    try:
+    with suppress(OSError, AttributeError):  # not Linux: an orphan then runs until stopped by hand
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: an orphan then runs until stopped by hand
-        pass
     os.environ.update(dict(child.env))  # before the target imports anything that reads it (CUDA)
     child.target(*child.args)
 

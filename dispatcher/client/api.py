@@ -41,7 +41,7 @@ from ..store.connection import connect, mask_url
 from ..store.job import job_class
 from ..store.keys import Keys
 from .jobfile import check_specs
-from .results import READ_CHUNK, BatchProgress, result_record, iter_results, read_batch_status, read_progress
+from .results import READ_CHUNK, BatchProgress, iter_results, read_batch_status, read_progress, result_record
 from .submit import Submitter
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from functools import lru_cache
 from typing import IO, Any, NoReturn
 
 from ..errors import JobFileError
-from ..store.keys import PRIORITIES
 from ..routing.models import JobSpec
+from ..store.keys import PRIORITIES
 
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one job's input; larger payloads belong in object storage
 FIELDS = ("input", "func", "id", "model", "affinity", "priority", "timeout", "retries", "gpu_mem")

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from redis import Redis
-from rq.utils import as_text
 from rq.results import Result
+from rq.utils import as_text
 
 from ..errors import NotFound
 from ..store.job import SERIALIZER, BatchCounter, job_class

@@ -21,11 +21,11 @@ from redis import Redis
 from rq.utils import now, utcformat
 
 from ..errors import GpufleetError, JobFileError
-from ..store.job import BatchCounter, QueuedJobHash, wake_dispatcher
-from .jobfile import check_specs, count_jobs, read_jobs
-from ..store.keys import RQ_QUEUES, Keys
 from ..routing.models import JobSpec
 from ..settings import Settings
+from ..store.job import BatchCounter, QueuedJobHash, wake_dispatcher
+from ..store.keys import RQ_QUEUES, Keys
+from .jobfile import check_specs, count_jobs, read_jobs
 
 Progress = Callable[[int], None]  # called with the number of jobs just enqueued
 
@@ -115,7 +115,7 @@ def open_job_source(path: str) -> Iterator[tuple[IO[bytes], str]]:
             yield spool, "<stdin>"
         return
     try:
-        stream = Path(path).open("rb")
+        stream = Path(path).open("rb")  # noqa: SIM115 (closed by the with below, so only open()'s OSError is caught)
     except OSError as e:
         raise JobFileError(path, 0, None, f"cannot open: {e.strerror}") from None
     with stream:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from redis import Redis
 
 from ..errors import SettingsError
-from ..store.keys import PRIORITIES, Keys
 from ..routing.models import NodeState
+from ..store.keys import PRIORITIES, Keys
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,8 @@ class Autoscaler:
         publish_desired(self._r, self._keys, n)
         if before is None or n != before.nodes:
             log.info("desired nodes %s -> %d live=%d backlog=%d arrival_per_s=%.2f",
-                     "-" if before is None else before.nodes, n, demand.live_nodes, demand.backlog, arrival)  # fmt: skip
+                     "-" if before is None else before.nodes, n, demand.live_nodes, demand.backlog,
+                     arrival)  # fmt: skip
             if self._on_change is not None:
                 self._on_change(n)
         return n

@@ -10,12 +10,12 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegis
 from rq.utils import as_text
 
 from ..errors import GpufleetError, NotFound
+from ..settings import Settings
 from ..store.job import BatchCounter
 from ..store.keys import PRIORITIES, RQ_QUEUES, JobField, Keys
+from ..store.scripts import MOVED, Ending, JobPlace, Scripts
 from .health import Leftovers, requeue_node
 from .node_claim import OPERATOR_DRAIN
-from ..store.scripts import MOVED, Ending, JobPlace, Scripts
-from ..settings import Settings
 
 CHUNK = 500
 

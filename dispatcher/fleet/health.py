@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from ..routing.models import NodeState
+from ..settings import Settings
 from ..store.job import BatchCounter
 from ..store.keys import PRIORITIES, JobField, Keys
-from ..routing.models import NodeState
+from ..store.scripts import DROPPED, MOVED, Ending, JobPlace, Scripts, as_raw, read_id
 from .node_claim import STOP_MARK_PREFIX, worker_prefix
 from .outliers import FailureRateOutliers
 from .retry import may_retry
-from ..store.scripts import DROPPED, MOVED, Ending, JobPlace, Scripts, as_raw, read_id
-from ..settings import Settings
 
 log = logging.getLogger(__name__)
 

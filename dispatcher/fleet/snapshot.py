@@ -25,8 +25,8 @@ from typing import Any, cast
 from redis import Redis
 from rq.utils import as_text
 
-from ..store.keys import Keys
 from ..routing.models import NodeState
+from ..store.keys import Keys
 from .node_claim import drains
 
 
@@ -167,9 +167,9 @@ def read_nodes_per_key(r: Redis, keys: Keys, now_s: float | None = None) -> list
     return [
         NodeState.from_hash(node_id, decode_hash(hb), alive=alive is not None, queued=int(queued),
                             draining=drains(drain, alive), ejected=bool(ejected), running=int(running), now_s=now_s,
-                            incarnation=_text(alive))  # fmt: skip
+                            incarnation=_text(alive))
         for node_id, hb, alive, queued, drain, ejected, running in zip(node_ids, *(replies[i::6] for i in range(6)))
-    ]
+    ]  # fmt: skip
 
 
 def _as_dict(reply: Any) -> dict[bytes, bytes]:

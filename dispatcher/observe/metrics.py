@@ -25,10 +25,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis
 
 from ..errors import SettingsError
-from ..store.keys import PRIORITIES, Keys
 from ..routing.models import NodeState
 from ..settings import FORGET_DEAD_AFTER_S
+from ..store.keys import PRIORITIES, Keys
 from .status import STATES, GpuFigure, gpu_figures, node_state_word, nodes_in_view, state_counts
+
 MAX_VIEW_AGE_S = 5.0  # fleet gauges older than this are left out (the loop refreshes every ~0.15 s)
 DISPATCH_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

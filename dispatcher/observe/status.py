@@ -25,10 +25,10 @@ from typing import Any
 
 from redis import Redis
 
-from ..store.keys import PRIORITIES, Keys
-from ..routing.models import NodeState
 from ..fleet.snapshot import read_nodes
+from ..routing.models import NodeState
 from ..settings import FORGET_DEAD_AFTER_S
+from ..store.keys import PRIORITIES, Keys
 
 STATES = ("alive", "draining", "ejected", "unhealthy", "dead")  # every state word, in the order summaries use
 

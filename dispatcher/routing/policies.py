@@ -224,7 +224,8 @@ class LoadAware:
         if self.alpha < 0 or self.beta < 0:
             raise SettingsError(f"load-aware: alpha and beta must be >= 0 (got alpha={self.alpha}, beta={self.beta})")
         if self.gamma <= 0:
-            raise SettingsError(f"load-aware: gamma must be > 0, or an idle node's weight is infinite (got {self.gamma})")
+            raise SettingsError(f"load-aware: gamma must be > 0, or an idle node's weight is infinite "
+                                f"(got {self.gamma})")  # fmt: skip
 
     def weight(self, n: NodeState) -> float:
         return 1.0 / (self.alpha * n.gpu_util + self.beta * n.mem_util + self.gamma)

@@ -138,7 +138,8 @@ def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
     index = {node_id: i for i, node_id in enumerate(fleet.ids)}
     base = [NodeState(node_id=nid, speed=s, weight=s, service_time_s=1.0 / s) for nid, s in zip(fleet.ids, cfg.speeds)]
     policy = make_policy(cfg.policy, rng=random.Random(f"{cfg.seed}:policy"))
-    router = Router(policy, prefetch=cfg.prefetch, max_node_queue=cfg.max_node_queue, affinity_epsilon=cfg.affinity_epsilon)
+    router = Router(policy, prefetch=cfg.prefetch, max_node_queue=cfg.max_node_queue,
+                    affinity_epsilon=cfg.affinity_epsilon)  # fmt: skip
     specs = [JobSpec(func="sim", affinity=f"k{k}") for k in range(cfg.affinity_keys)]
     plain = JobSpec(func="sim")
     bulletin = cfg.stale > 0 and cfg.stale_model == "bulletin"

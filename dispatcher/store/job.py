@@ -12,15 +12,15 @@ import inspect
 import json
 import zlib
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from redis.client import Pipeline
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from .keys import JobField, Keys
 from ..routing.models import JobSpec
+from .keys import JobField, Keys
 
 SERIALIZER = JSONSerializer  # JSON on the wire, both sides; never pickle
 
@@ -167,7 +167,7 @@ def _is_within(module_name: str, modules: tuple[str, ...]) -> bool:
     return any(module_name == m or module_name.startswith(m + ".") for m in modules)
 
 
-@lru_cache(maxsize=None)
+@cache
 def job_class(keys: Keys, allowed_modules: tuple[str, ...] | None = None) -> type[FleetJob]:
     """The FleetJob class for one namespace (its batch counters live there) and, on a worker,
     the modules it may run functions from."""

@@ -55,13 +55,16 @@ class Keys:
     def heartbeat(self, node_id: str) -> str:  # HASH, written by worker/heartbeat.py every ~1 s
         return f"{self.namespace}:node:{node_id}:hb"
 
-    def alive(self, node_id: str) -> str:  # STRING with TTL, value = the holding process's incarnation; expired = node dead
+    def alive(self, node_id: str) -> str:
+        # STRING with TTL, value = the holding process's incarnation; expired = node dead
         return f"{self.namespace}:node:{node_id}:alive"
 
-    def held(self, node_id: str, holder: str) -> str:  # LIST: jobs one worker process took from its node queue, not yet started
+    def held(self, node_id: str, holder: str) -> str:
+        # LIST: jobs one worker process took from its node queue, not yet started
         return f"{self.namespace}:node:{node_id}:held:{holder}"
 
-    def node_wakeup(self, node_id: str) -> str:  # LIST of <= 1 token: jobs arrived in the node queue; idle workers BLPOP it
+    def node_wakeup(self, node_id: str) -> str:
+        # LIST of <= 1 token: jobs arrived in the node queue; idle workers BLPOP it
         return f"{self.namespace}:node:{node_id}:wakeup"
 
     def held_lists(self, node_id: str) -> str:  # SET of the node's `held` LIST keys, every process's, any incarnation

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -179,8 +180,8 @@ class SentinelGroup:
             for port in self._sentinel_ports:
                 self._sentinels.append(self._start_sentinel(self._binary, port, master.port))
             for port in self._sentinel_ports:
-                _poll(lambda: self._sentinel_knows_all(port), deadline, f"sentinel {port} to see master, replica "
-                      "and the other sentinels")  # fmt: skip
+                _poll(partial(self._sentinel_knows_all, port), deadline,
+                      f"sentinel {port} to see master, replica and the other sentinels")  # fmt: skip
         except BaseException:
             self.cleanup()
             raise

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,10 +61,8 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
     """Signal a worker and its slot processes at once (they run in process groups of their
     own), as a host crash or an OOM kill of the whole service would."""
     for p in process_tree(pid):
-        try:
+        with suppress(ProcessLookupError):
             os.kill(p, sig)
-        except ProcessLookupError:
-            pass
 
 
 def tracebacks(log_dir: str) -> dict[str, int]:

@@ -9,9 +9,9 @@ from typing import Any
 import redis
 
 from gpufleet.dispatcher.fleet.health import Leftovers, requeue_node
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.scripts import Scripts
-from gpufleet.dispatcher.settings import Settings
 from gpufleet.worker import context
 from gpufleet.worker.batching import batched
 

@@ -12,9 +12,9 @@ from rq import Queue
 from rq.job import Job
 from rq.results import Result
 
+from gpufleet.dispatcher.client.results import last_line
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
-from gpufleet.dispatcher.client.results import last_line
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, tracebacks, wait_until
@@ -47,7 +47,8 @@ def test_undecodable_and_dataless_jobs_end_or_vanish_and_the_fleet_keeps_working
         assert [rec["status"] for rec in records] == ["finished"] * 50
 
         for job_id in pickled:
-            wait_until(lambda: r.hget(Keys.rq_job(job_id), "status") == b"failed", 30, f"{job_id} to fail")
+            wait_until(lambda job_id=job_id: r.hget(Keys.rq_job(job_id), "status") == b"failed", 30,
+                       f"{job_id} to fail")  # fmt: skip
             job = Job.fetch(job_id, connection=r)
             result = Result.fetch_latest(job)
             assert result is not None and last_line(result.exc_string or "").startswith("cannot decode job payload")

@@ -11,16 +11,16 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
+from gpufleet.dispatcher.client.results import batches_in_flight, read_batch_status
 from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.fleet.control import cancel
 from gpufleet.dispatcher.errors import NotFound
+from gpufleet.dispatcher.fleet.control import cancel
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import SERIALIZER, job_class
 from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.store.redis_server import RedisServer
-from gpufleet.dispatcher.client.results import batches_in_flight, read_batch_status
 from gpufleet.dispatcher.store.scripts import Scripts
-from gpufleet.dispatcher.settings import Settings
 
 from .support import gpufleet
 

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, wait_until
@@ -75,7 +75,8 @@ def test_a_batching_node_advertises_slots_times_batch_size_as_its_capacity(
 def test_batched_and_plain_jobs_share_a_node_queue(fleet: tuple[LocalFleet, redis.Redis],
                                                     redis_server: RedisServer) -> None:  # fmt: skip
     _, r = fleet
-    specs = [JobSpec(BATCHED if i % 2 else "gpufleet.worker.tasks:synthetic", {"cost": 0.01, "i": i}) for i in range(40)]
+    specs = [JobSpec(BATCHED if i % 2 else "gpufleet.worker.tasks:synthetic", {"cost": 0.01, "i": i})
+             for i in range(40)]  # fmt: skip
     records = run_batch(r, redis_server.url, specs)
     assert [rec["status"] for rec in records] == ["finished"] * 40
     assert [rec["result"]["input"]["i"] for rec in records] == list(range(40))

@@ -8,16 +8,16 @@ import threading
 import redis
 
 from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.store.job import wake_dispatcher
-from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.loop import Dispatcher
 from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.routing.policies import make_policy
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.job import wake_dispatcher
+from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.worker.gpu import Reading
-from tests.conftest import write_heartbeat
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import StatsView
+from tests.conftest import write_heartbeat
 
 
 def test_a_freed_slot_is_filled_at_once_without_an_extra_health_pass(r: redis.Redis, settings: Settings) -> None:

@@ -11,13 +11,13 @@ import os
 import pytest
 import redis
 
-from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.dispatcher.client.results import iter_results, read_progress
-from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.client.submit import Submitter
 from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, wait_until

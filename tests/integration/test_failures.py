@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.store.redis_server import RedisServer, free_port
 from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer, free_port
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, gpufleet, local_fleet, tracebacks, wait_until
@@ -50,7 +50,8 @@ def finish(r: redis.Redis, batch: str, timeout_s: float = 90) -> list[dict]:  # 
 
 
 def cheap(n: int, cost: float = 0.01, **kw: object) -> list[JobSpec]:
-    return [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": cost, "i": i}, client_id=str(i), **kw) for i in range(n)]  # type: ignore[arg-type]
+    return [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": cost, "i": i}, client_id=str(i), **kw)  # type: ignore[arg-type]
+            for i in range(n)]  # fmt: skip
 
 
 def test_kill_9_of_a_worker_mid_batch_loses_no_job(fleet: LocalFleet) -> None:

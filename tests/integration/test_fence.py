@@ -10,14 +10,14 @@ import pytest
 import redis
 from rq.job import Job
 
+from gpufleet.dispatcher.client.results import iter_results, read_progress
 from gpufleet.dispatcher.client.submit import Submitter
 from gpufleet.dispatcher.fleet.health import Leftovers, requeue_node
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import SERIALIZER
 from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.client.results import iter_results, read_progress
 from gpufleet.dispatcher.store.scripts import Scripts
-from gpufleet.dispatcher.settings import Settings
 from gpufleet.worker import context
 from gpufleet.worker.node_worker import NodeWorker
 
@@ -99,7 +99,8 @@ def test_the_result_that_counts_is_the_newest_attempts(r: redis.Redis, settings:
     node_worker(r, settings, allow=TASKS).work(burst=True)
 
     r.hset(Keys.rq_job(routed_to(r, settings, NODE)[0]), "data", Job.create(  # the same job, now a plain echo
-        "gpufleet.worker.tasks.echo", args=("from the second run",), serializer=SERIALIZER, connection=r).to_dict()["data"])
+        "gpufleet.worker.tasks.echo", args=("from the second run",), serializer=SERIALIZER,
+        connection=r).to_dict()["data"])  # fmt: skip
     node_worker(r, settings, allow=TASKS).work(burst=True)
 
     keys = Keys(settings.namespace)

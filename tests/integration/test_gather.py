@@ -6,11 +6,11 @@ import redis
 from rq.job import Job
 
 from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import SERIALIZER
 from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.store.scripts import Scripts
-from gpufleet.dispatcher.settings import Settings
 
 from .test_take_next import NODE, node_worker
 

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, wait_until
@@ -68,7 +68,8 @@ def test_a_gpu_process_that_dies_is_restarted_and_its_running_job_runs_again(
     batch = submit(f, r, [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 2.0})])
     job_id = r.lindex(KEYS.batch_jobs(batch), 0).decode()
     node = wait_until(lambda: (r.hget(Keys.rq_job(job_id), "status") == b"started"
-                               and r.hget(Keys.rq_job(job_id), "gf_node")), 10, "the job to start").decode()  # fmt: skip
+                               and r.hget(Keys.rq_job(job_id), "gf_node")), 10,
+                      "the job to start").decode()  # fmt: skip
     old_pid = node_pid(r, node)
     os.kill(old_pid, signal.SIGKILL)
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import redis
 from rq.job import JobStatus
 
+from gpufleet.dispatcher.client.results import iter_results, read_progress
 from gpufleet.dispatcher.client.submit import Submitter
 from gpufleet.dispatcher.fleet.health import Health
-from gpufleet.dispatcher.store.keys import JobField, Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.client.results import iter_results, read_progress
-from gpufleet.dispatcher.store.scripts import Scripts
-from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import JobField, Keys
+from gpufleet.dispatcher.store.scripts import Scripts
 from gpufleet.worker.gpu import Reading
-from tests.conftest import write_heartbeat
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import StatsView
+from tests.conftest import write_heartbeat
 
 KEYS = Keys()
 

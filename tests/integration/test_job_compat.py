@@ -15,11 +15,11 @@ from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
+from gpufleet.dispatcher.client.results import iter_results
 from gpufleet.dispatcher.client.submit import submit_file
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
-from gpufleet.dispatcher.client.results import iter_results
-from gpufleet.dispatcher.settings import Settings
 
 KEYS = Keys()
 INPUTS = [{"i": 1, "text": "\u00e9t\u00e9 \u2603"}, [1, 2.5, None], "plain", None]
@@ -37,8 +37,8 @@ def test_job_fetch_reads_what_rqs_own_enqueue_would_have_written(r: redis.Redis,
     queue = Queue(KEYS.ingress_queue("normal"), connection=r, serializer=JSONSerializer)
     for job_id, value in zip(ids, INPUTS):
         ours = Job.fetch(job_id, connection=r, serializer=JSONSerializer)
-        theirs = Job.fetch(queue.enqueue("gpufleet.worker.tasks.echo", value, job_timeout=60, result_ttl=Settings().result_ttl_s,
-                                         failure_ttl=Settings().result_ttl_s).id,
+        theirs = Job.fetch(queue.enqueue("gpufleet.worker.tasks.echo", value, job_timeout=60,
+                                         result_ttl=Settings().result_ttl_s, failure_ttl=Settings().result_ttl_s).id,
                            connection=r, serializer=JSONSerializer)  # fmt: skip
         for attr in ("func_name", "args", "kwargs", "instance", "origin", "timeout", "result_ttl", "failure_ttl",
                      "started_at", "ended_at", "worker_name", "dependency_ids", "meta"):  # fmt: skip

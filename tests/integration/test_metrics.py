@@ -9,12 +9,12 @@ from collections.abc import Callable
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.store.redis_server import RedisServer, free_port
 from gpufleet.dispatcher.client.results import read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer, free_port
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, wait_until

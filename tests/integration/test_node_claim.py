@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from gpufleet.dispatcher.errors import NodeIdInUse
-from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.fleet.node_claim import ProcessIdentity, claim_node_id, drains, stop_mark
+from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.scripts import Scripts
 
 KEYS = Keys("claim")

@@ -71,7 +71,8 @@ def test_status_top_metrics_and_autoscaler_agree_on_one_fleet(fleet: redis.Redis
     frame = json.loads(out)
     assert frame["counts"] == EXPECTED and [n["node"] for n in frame["nodes"]] == list("abcde")
     code, out = invoke(redis_server, "top", "--once")
-    assert out.splitlines()[0].startswith("live 4 · desired - · alive 1 · draining 1 · ejected 1 · unhealthy 1 · dead 1")
+    assert out.splitlines()[0].startswith("live 4 · desired - · alive 1 · draining 1 · ejected 1 · unhealthy 1 "
+                                          "· dead 1")  # fmt: skip
 
     nodes = read_nodes(fleet, KEYS)
     metrics = DispatcherMetrics("round-robin", CollectorRegistry())
@@ -85,7 +86,7 @@ def test_status_top_metrics_and_autoscaler_agree_on_one_fleet(fleet: redis.Redis
 
 
 def test_forget_dead_after_zero_keeps_every_dead_node_in_view(fleet: redis.Redis, redis_server: RedisServer) -> None:
-    code, out = invoke(redis_server, "status", "--json", env={"GPUFLEET_FORGET_DEAD_AFTER_S": "0"})
+    _, out = invoke(redis_server, "status", "--json", env={"GPUFLEET_FORGET_DEAD_AFTER_S": "0"})
     assert json.loads(out)["counts"]["dead"] == 2 and json.loads(out)["hidden_dead"] == 0
     status = read_status(fleet, KEYS, forget_dead_after_s=30.0)  # e (dead a minute) leaves the view too
     assert [n["node"] for n in status["nodes"]] == list("abcd") and status["hidden_dead"] == 2

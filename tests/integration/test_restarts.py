@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.dispatcher.client.results import read_progress
 from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import gpufleet, kill_tree, local_fleet, process_tree, tracebacks, wait_until
@@ -95,7 +95,7 @@ def test_a_worker_stopped_past_its_ttl_and_taken_over_stops_itself(fleet: LocalF
     assert [rec["status"] for rec in records] == ["finished"] * 150
     assert leftovers(r, "s1") == {}
     log = (fleet.log_dir or "") + "/s1.log"
-    assert "was taken over by another worker process" in open(log).read()
+    assert "was taken over by another worker process" in Path(log).read_text()
 
 
 def test_a_killed_slot_process_has_its_running_job_retried_at_once(fleet: LocalFleet) -> None:

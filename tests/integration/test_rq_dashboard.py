@@ -27,7 +27,8 @@ from gpufleet.worker.fleet import LocalFleet, SimNode
 from .support import local_fleet, wait_until
 
 rq_dashboard = pytest.importorskip("rq_dashboard", reason="rq-dashboard (and six) not installed")
-from rq_dashboard import cli as dashboard_cli, web  # noqa: E402
+from rq_dashboard import cli as dashboard_cli  # noqa: E402
+from rq_dashboard import web  # noqa: E402 (after the importorskip above, which skips the module without it)
 
 pytestmark = pytest.mark.integration
 
@@ -77,9 +78,9 @@ def gpufleet_config() -> None:
     config.use_json()
 
 
-def test_every_data_endpoint_answers_200_on_a_busy_fleet(busy_fleet: tuple[redis.Redis, str],
-                                                         redis_server: RedisServer, gpufleet_config: None) -> None:  # fmt: skip
-    r, running = busy_fleet
+def test_every_data_endpoint_answers_200_on_a_busy_fleet(busy_fleet: tuple[redis.Redis, str], redis_server: RedisServer,
+                                                         gpufleet_config: None) -> None:  # fmt: skip
+    _, running = busy_fleet
     client = dashboard(redis_server.url, CONFIG)
 
     workers = client.get("/0/data/workers.json")

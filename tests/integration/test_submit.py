@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from gpufleet.dispatcher.client.results import iter_results, read_progress
 from gpufleet.dispatcher.client.submit import submit_file
 from gpufleet.dispatcher.errors import GpufleetError, JobFileError
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
-from gpufleet.dispatcher.client.results import iter_results, read_progress
-from gpufleet.dispatcher.settings import Settings
 
 KEYS = Keys()
 
@@ -54,7 +54,8 @@ def test_a_batch_name_cannot_be_reused(r: redis.Redis, tmp_path: Path) -> None:
 
 def test_an_empty_file_is_refused(r: redis.Redis, tmp_path: Path) -> None:
     with pytest.raises(JobFileError, match="no jobs"):
-        submit_file(r, Settings(), write_jobs(tmp_path / "j.jsonl", ["", ""]), default_func="gpufleet.worker.tasks:echo")
+        submit_file(r, Settings(), write_jobs(tmp_path / "j.jsonl", ["", ""]),
+                    default_func="gpufleet.worker.tasks:echo")  # fmt: skip
 
 
 def test_results_of_an_unknown_batch_is_a_clear_error(r: redis.Redis) -> None:

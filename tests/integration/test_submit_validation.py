@@ -25,5 +25,5 @@ ECHO = "gpufleet.worker.tasks:echo"
 def test_one_bad_spec_leaves_nothing_enqueued(r: redis.Redis, settings: Settings, bad: JobSpec, field: str) -> None:
     specs = [JobSpec(ECHO, i, client_id=str(i)) for i in range(1500)]  # more than one submit chunk
     with pytest.raises(JobFileError, match=f"jobs:1501: field '{field}'"):
-        Submitter(r, settings).submit(specs + [bad])
+        Submitter(r, settings).submit([*specs, bad])
     assert r.dbsize() == 0

@@ -11,12 +11,12 @@ from rq import Queue
 from rq.job import Job
 
 from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.node_claim import holder_name
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import SERIALIZER, job_class
 from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.fleet.node_claim import holder_name
 from gpufleet.dispatcher.store.scripts import Scripts, Taker
-from gpufleet.dispatcher.settings import Settings
 from gpufleet.worker.node_worker import NodeWorker
 from gpufleet.worker.stats import NodeStats
 

@@ -33,23 +33,23 @@ class NVMLError(Exception):
         return _ERROR_STRINGS.get(self.value, f"NVML error {self.value}")
 
 
-class NVMLError_NotSupported(NVMLError):  # noqa: N801 (pynvml's names)
+class NVMLError_NotSupported(NVMLError):
     value = NVML_ERROR_NOT_SUPPORTED
 
 
-class NVMLError_NotFound(NVMLError):  # noqa: N801
+class NVMLError_NotFound(NVMLError):
     value = NVML_ERROR_NOT_FOUND
 
 
-class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
+class NVMLError_DriverNotLoaded(NVMLError):
     value = NVML_ERROR_DRIVER_NOT_LOADED
 
 
-class NVMLError_Timeout(NVMLError):  # noqa: N801
+class NVMLError_Timeout(NVMLError):
     value = NVML_ERROR_TIMEOUT
 
 
-class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
+class NVMLError_GpuIsLost(NVMLError):
     value = NVML_ERROR_GPU_IS_LOST
 
 

@@ -9,9 +9,22 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from gpufleet.dispatcher.fleet.autoscale import (ArrivalMeter, Autoscaler, Decision, Demand, ScaleCommand, ScaleParams, clear_desired,
-                                  decide, demand_of, needed_nodes, publish_desired, read_desired, scale_argv)  # fmt: skip
 from gpufleet.dispatcher.errors import SettingsError
+from gpufleet.dispatcher.fleet.autoscale import (
+    ArrivalMeter,
+    Autoscaler,
+    Decision,
+    Demand,
+    ScaleCommand,
+    ScaleParams,
+    clear_desired,
+    decide,  # fmt: skip
+    demand_of,
+    needed_nodes,
+    publish_desired,
+    read_desired,
+    scale_argv,
+)
 from gpufleet.dispatcher.store.keys import Keys
 from tests.conftest import node
 

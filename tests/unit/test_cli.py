@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fakeredis
 import pytest
 from click.testing import CliRunner
 
-import fakeredis
-
 from gpufleet.cli.main import cli
 from gpufleet.cli.render import percentile, render_gpus, render_latency_table, render_status, table
+from gpufleet.dispatcher.observe.status import read_status
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import free_port
-from gpufleet.dispatcher.observe.status import read_status
 from gpufleet.worker.gpu import NvmlProbe, Reading
-from tests.conftest import write_heartbeat
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import StatsView
+from tests.conftest import write_heartbeat
 
 from .fake_nvml import FakeGpu, FakeNvml, mig_gpu
 
@@ -54,7 +53,7 @@ def test_unreachable_redis_names_the_masked_url_and_the_way_out() -> None:
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     code, out = run("--redis-url", url, "status")
     assert code == 1
-    assert f"redis://:***@127.0.0.1" in out and "hunter2" not in out
+    assert "redis://:***@127.0.0.1" in out and "hunter2" not in out
     assert "gpufleet local" in out and "Traceback" not in out
 
 
@@ -109,8 +108,8 @@ def test_status_names_the_process_running_each_live_node() -> None:
     """`status --json` gives each node's incarnation (its liveness key's value), null once dead."""
     r, keys = fakeredis.FakeRedis(), Keys("t")
     for node_id in ("a", "b"):
-        write_heartbeat(r, keys, node_id, heartbeat_fields(NodeInfo(node_id), StatsView(0, 0, 0, 1.0, 0.0),
-                                                           Reading("sim")), ttl_s=5, incarnation=f"inc-{node_id}")  # fmt: skip
+        hb = heartbeat_fields(NodeInfo(node_id), StatsView(0, 0, 0, 1.0, 0.0), Reading("sim"))
+        write_heartbeat(r, keys, node_id, hb, ttl_s=5, incarnation=f"inc-{node_id}")
     r.delete(keys.alive("b"))
     assert [(n["node"], n["incarnation"]) for n in read_status(r, keys)["nodes"]] == [("a", "inc-a"), ("b", None)]
 

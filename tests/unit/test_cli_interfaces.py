@@ -10,10 +10,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from gpufleet.cli.main import cli  # first: it registers the commands (cli/main.py)
 from gpufleet.cli import local as local_module
 from gpufleet.cli.fleet import parse_gpus
 from gpufleet.cli.live import Sample, frame_record
+from gpufleet.cli.main import cli  # first: it registers the commands (cli/main.py)
 from gpufleet.cli.options import redis_url_problem
 from gpufleet.cli.render import render_status, state_summary
 from gpufleet.dispatcher.client.results import BatchProgress, BatchRow
@@ -48,7 +48,8 @@ def test_every_command_that_prints_data_takes_json(name: str) -> None:
         (["--gpus", "1.5"], "'1.5' is not a GPU index"),
         (["--gpus", ","], "give 'all' or GPU indices"),
         (["--gpus", "0,1,0"], "GPU 0 named twice"),
-        (["--gpus", "0,1,2", "--gpus-per-node", "2"], "names 3 GPUs, which do not split into nodes of --gpus-per-node 2"),
+        (["--gpus", "0,1,2", "--gpus-per-node", "2"],
+         "names 3 GPUs, which do not split into nodes of --gpus-per-node 2"),
         (["--gpus-per-node", "2"], "--gpus-per-node needs --gpus"),
     ],
 )

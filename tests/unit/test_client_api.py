@@ -10,9 +10,9 @@ import pytest
 
 import gpufleet
 from gpufleet import BatchTimeout, Client, GpufleetError
+from gpufleet.dispatcher import errors
 from gpufleet.dispatcher.client import api
 from gpufleet.dispatcher.client.results import BatchProgress
-from gpufleet.dispatcher import errors
 from gpufleet.dispatcher.errors import RedisUnavailable, SettingsError
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.redis_server import free_port

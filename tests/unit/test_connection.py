@@ -15,8 +15,8 @@ from redis.connection import SSLConnection
 from redis.sentinel import SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from gpufleet.cli.main import cli
-from gpufleet.dispatcher.store.connection import SENTINEL_PORT, SentinelTarget, connect, mask_url, parse_sentinel_url
 from gpufleet.dispatcher.errors import RedisUnavailable, SettingsError
+from gpufleet.dispatcher.store.connection import SENTINEL_PORT, SentinelTarget, connect, mask_url, parse_sentinel_url
 from gpufleet.dispatcher.store.redis_server import free_port
 
 HTTP_REPLY = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -211,7 +211,8 @@ def test_dashboard_reads_only_gpufleet_metrics_and_known_variables() -> None:
     ]
     used: set[str] = set()
     for title, expr in queries:
-        names = metric_names(expr.removeprefix("label_values(").rsplit(",", 1)[0] if expr.startswith("label_values(") else expr)
+        names = metric_names(expr.removeprefix("label_values(").rsplit(",", 1)[0] if expr.startswith("label_values(")
+                             else expr)  # fmt: skip
         assert names, f"{title}: {expr!r} reads no metric"
         assert names <= ALLOWED, f"{title}: unknown metrics {sorted(names - ALLOWED)} in {expr!r}"
         unknown = set(re.findall(r"\$\{?(\w+)", expr)) - variables

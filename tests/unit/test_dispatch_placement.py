@@ -35,7 +35,8 @@ def plain_route(router: Router, jobs: list[tuple[str, JobSpec]], nodes: list[Nod
     count = dict(held) if held is not None else None
     moves = []
     for job_id, job in jobs:
-        room = [n for n in state.values() if router.has_room(n, None if count is None else count.get(n.node_id, n.load))]
+        room = [n for n in state.values()
+                if router.has_room(n, None if count is None else count.get(n.node_id, n.load))]  # fmt: skip
         node_id = None
         if job.affinity is not None and room:
             ring = eligible(job, list(state.values()))

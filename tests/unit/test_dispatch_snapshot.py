@@ -6,13 +6,13 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from gpufleet.dispatcher.fleet.snapshot import NodeReader, read_nodes, read_nodes_per_key
 from gpufleet.dispatcher.routing.models import NodeState
 from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.fleet.snapshot import NodeReader, read_nodes, read_nodes_per_key
 from gpufleet.worker.gpu import GpuReading, Reading
-from tests.conftest import write_heartbeat
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import StatsView
+from tests.conftest import write_heartbeat
 
 KEYS = Keys("t")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.fleet.snapshot import read_nodes
+from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.worker.gpu import CpuProbe, GpuReading, NvmlProbe, Reading, make_probe
-from tests.conftest import write_heartbeat
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import NodeStats, StatsView
+from tests.conftest import write_heartbeat
 
 KEYS = Keys("t")
 
@@ -74,8 +74,8 @@ class FakeNvml:
     def nvmlDeviceGetCount(self) -> int: return 2
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int: return i
     def nvmlDeviceGetName(self, h: int) -> bytes: return b"Fake A100"
-    def nvmlDeviceGetUtilizationRates(self, h: int) -> "_Util": return self._Util(20 if h == 0 else 60)
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> "_Mem": return self._Mem(2 * 1024**3 * (h + 1), 8 * 1024**3)
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> _Util: return self._Util(20 if h == 0 else 60)
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> _Mem: return self._Mem(2 * 1024**3 * (h + 1), 8 * 1024**3)
 
 
 def test_nvml_probe_aggregates_every_gpu() -> None:

@@ -13,9 +13,9 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
 from gpufleet.dispatcher.client.submit import new_job_ids
+from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.store.job import QueuedJobHash, job_class, needs_spec
 from gpufleet.dispatcher.store.keys import JobField, Keys
-from gpufleet.dispatcher.routing.models import JobSpec
 
 KEYS = Keys("ns")
 CONN = Redis()  # never connected: Job.create, to_dict and restore do no I/O
@@ -67,23 +67,25 @@ def test_every_nonempty_rq_field_matches_to_dict_and_the_empty_ones_are_left_out
 
 
 def test_rq_and_fleetjob_restore_it_as_the_job_that_was_asked_for() -> None:
-    spec = JobSpec("gpufleet.worker.tasks:echo", {"x": [1, 2]}, client_id="c7", model="m", affinity="s1", priority="low",
-                   timeout_s=45, retries=2, gpu_mem_gib=1.5)  # fmt: skip
+    spec = JobSpec("gpufleet.worker.tasks:echo", {"x": [1, 2]}, client_id="c7", model="m", affinity="s1",
+                   priority="low", timeout_s=45, retries=2, gpu_mem_gib=1.5)  # fmt: skip
     stamp = now()
     [job_id] = new_job_ids(1)
     _, fields = as_hash(QueuedJobHash(KEYS, "b2", 600).build(job_id, spec, utcformat(stamp)))
     for cls in (Job, job_class(KEYS)):
         job = cls(job_id, connection=CONN, serializer=JSONSerializer)
         job.restore(fields)
-        assert (job.func_name, job.args, job.kwargs, job.instance) == ("gpufleet.worker.tasks.echo", [{"x": [1, 2]}], {}, None)
-        assert (job.origin, job.get_status(refresh=False), job.description) == ("ns.ingress.low", JobStatus.QUEUED,
-                                                                                "gpufleet.worker.tasks:echo")  # fmt: skip
+        assert ((job.func_name, job.args, job.kwargs, job.instance)
+                == ("gpufleet.worker.tasks.echo", [{"x": [1, 2]}], {}, None))  # fmt: skip
+        assert ((job.origin, job.get_status(refresh=False), job.description)
+                == ("ns.ingress.low", JobStatus.QUEUED, "gpufleet.worker.tasks:echo"))  # fmt: skip
         assert (job.timeout, job.result_ttl, job.failure_ttl) == (45, 600, 600)
         assert job.enqueued_at == job.created_at == stamp.replace(tzinfo=job.enqueued_at.tzinfo)
         assert job.started_at is None and job.ended_at is None and job.worker_name is None and job.meta == {}
     fleet = job.fleet  # type: ignore[attr-defined]
     assert fleet == {JobField.BATCH: "b2", JobField.PRIORITY: "low", JobField.CLIENT_ID: "c7",
-                     JobField.NEEDS: '{"model":"m","affinity":"s1","gpu_mem_gib":1.5}', JobField.RETRIES: "2"}  # fmt: skip
+                     JobField.NEEDS: '{"model":"m","affinity":"s1","gpu_mem_gib":1.5}',
+                     JobField.RETRIES: "2"}  # fmt: skip
     assert (job.model, needs_spec(fleet[JobField.NEEDS]).gpu_mem_gib) == ("m", 1.5)  # type: ignore[attr-defined]
 
 

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from gpufleet.dispatcher.errors import JobFileError
 from gpufleet.dispatcher.client.jobfile import check_specs, read_jobs
+from gpufleet.dispatcher.errors import JobFileError
 from gpufleet.dispatcher.routing.models import JobSpec
 
 ECHO = "gpufleet.worker.tasks:echo"

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from gpufleet.dispatcher.errors import JobFileError
 from gpufleet.dispatcher.client.jobfile import MAX_LINE_BYTES, check_func, count_jobs, read_jobs
+from gpufleet.dispatcher.errors import JobFileError
 
 
 def parse(text: str | bytes, **kw: object) -> list:
@@ -32,8 +32,10 @@ def test_a_full_line_becomes_a_jobspec_with_every_field() -> None:
 
 
 def test_defaults_fill_func_and_priority_and_blank_lines_are_skipped() -> None:
-    specs = parse('{"input": 1}\n\n   \n{"input": null}\n', default_func="gpufleet.worker.tasks:echo", default_priority="low")
-    assert [(s.func, s.input, s.priority) for s in specs] == [("gpufleet.worker.tasks:echo", 1, "low"), ("gpufleet.worker.tasks:echo", None, "low")]
+    specs = parse('{"input": 1}\n\n   \n{"input": null}\n', default_func="gpufleet.worker.tasks:echo",
+                  default_priority="low")  # fmt: skip
+    assert ([(s.func, s.input, s.priority) for s in specs]
+            == [("gpufleet.worker.tasks:echo", 1, "low"), ("gpufleet.worker.tasks:echo", None, "low")])  # fmt: skip
 
 
 @pytest.mark.parametrize(

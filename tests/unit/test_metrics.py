@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpufleet.dispatcher.observe import metrics
 from gpufleet.dispatcher.observe.metrics import DispatcherMetrics, FleetView, set_desired_nodes
 from gpufleet.dispatcher.observe.status import gpu_figures
-from tests.conftest import node
 from gpufleet.worker.metrics import DURATION_BUCKETS_S, worker_registry
 from gpufleet.worker.stats import NodeStats
+from tests.conftest import node
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from redis.connection import SSLConnection
 
-from gpufleet.dispatcher.store.connection import connect, mask_url
 from gpufleet.dispatcher.errors import SettingsError
 from gpufleet.dispatcher.loop import priority_order
 from gpufleet.dispatcher.routing.models import NodeState
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.store.connection import connect, mask_url
 
 
 def test_from_hash_reads_every_field() -> None:

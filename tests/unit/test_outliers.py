@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from gpufleet.dispatcher.routing.models import JobSpec, NodeState
 from gpufleet.dispatcher.fleet.outliers import FailureRateOutliers
-from gpufleet.dispatcher.routing.policies import eligible
 from gpufleet.dispatcher.observe.status import node_state_word
-from tests.conftest import node
+from gpufleet.dispatcher.routing.models import JobSpec, NodeState
+from gpufleet.dispatcher.routing.policies import eligible
 from gpufleet.worker.gpu import NvmlProbe
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import StatsView
+from tests.conftest import node
 
 from .test_heartbeat import FakeNvml
 

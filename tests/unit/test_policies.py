@@ -95,7 +95,8 @@ def test_shortest_expected_delay_counts_slots() -> None:
 
 
 def test_shortest_response_time_picks_the_lowest_ewma_then_fewer_jobs() -> None:
-    nodes = [node("a", service_time_s=2.0), node("b", service_time_s=0.5, queued=3), node("c", service_time_s=0.5, queued=1)]
+    nodes = [node("a", service_time_s=2.0), node("b", service_time_s=0.5, queued=3),
+             node("c", service_time_s=0.5, queued=1)]  # fmt: skip
     assert ShortestResponseTime().choose(JOB, nodes) == "c"
 
 
@@ -172,7 +173,8 @@ def test_power_of_two_is_repeatable_for_a_seed() -> None:
     assert [p.choose(JOB, nodes) for _ in range(50)] == [q.choose(JOB, nodes) for _ in range(50)]
 
 
-@pytest.mark.parametrize(("alpha", "beta", "gamma"), [(-0.1, 0.3, 0.1), (0.6, -1.0, 0.1), (0.6, 0.3, 0.0), (0.6, 0.3, -1.0)])
+@pytest.mark.parametrize(("alpha", "beta", "gamma"),
+                         [(-0.1, 0.3, 0.1), (0.6, -1.0, 0.1), (0.6, 0.3, 0.0), (0.6, 0.3, -1.0)])  # fmt: skip
 def test_load_aware_refuses_negative_alpha_beta_or_non_positive_gamma(alpha: float, beta: float, gamma: float) -> None:
     with pytest.raises(SettingsError):
         make_policy("load-aware", alpha=alpha, beta=beta, gamma=gamma)

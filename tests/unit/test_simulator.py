@@ -40,7 +40,8 @@ MIXED = (1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 8.0)
         ("power-of-two", 0.9, 100_000, 2.66, 0.22),
     ],
 )
-def test_supermarket_model_is_reproduced(policy: str, load: float, jobs: int, expected: float, tolerance: float) -> None:
+def test_supermarket_model_is_reproduced(policy: str, load: float, jobs: int, expected: float,
+                                         tolerance: float) -> None:  # fmt: skip
     result = simulate(SimConfig(policy=policy, speeds=EQUAL_100, load=load, jobs=jobs, max_node_queue=0, seed=11))
     assert abs(result.mean - expected) <= tolerance, result.mean
 

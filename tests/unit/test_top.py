@@ -12,8 +12,8 @@ from rich.console import Console
 from gpufleet.cli.live import Sample, bar, jobs_per_s, render_frame, seconds
 from gpufleet.cli.main import cli
 from gpufleet.cli.status import render_batch
-from gpufleet.dispatcher.store.redis_server import free_port
 from gpufleet.dispatcher.client.results import BatchProgress, BatchRow
+from gpufleet.dispatcher.store.redis_server import free_port
 
 NOW = 1_800_000_000.0
 STATES = ("alive", "alive", "dead", "draining", "ejected", "unhealthy")
