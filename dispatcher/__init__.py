@@ -13,29 +13,3 @@ routing's two records (JobSpec, NodeState); client, fleet and observe build on t
 (the Client's cancel is fleet's control.cancel); loop.py imports the rest. Nothing here
 imports gpufleet.worker or gpufleet.cli.
 """
-
-from .client.api import Batch, Client
-from .client.results import BatchProgress, iter_results, read_progress
-from .client.submit import SubmitReceipt, Submitter, submit_file
-from .errors import BatchTimeout, GpufleetError, JobFailed
-from .fleet.control import CancelReport
-from .routing.models import JobSpec, NodeState
-from .settings import Settings
-
-__all__ = [
-    "Batch",
-    "BatchProgress",
-    "BatchTimeout",
-    "CancelReport",
-    "Client",
-    "GpufleetError",
-    "JobFailed",
-    "JobSpec",
-    "NodeState",
-    "Settings",
-    "SubmitReceipt",
-    "Submitter",
-    "iter_results",
-    "read_progress",
-    "submit_file",
-]

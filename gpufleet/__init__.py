@@ -11,22 +11,13 @@ The Python API is `Client` (see README "Python API"):
         batch = client.submit("mypkg.infer:run", inputs)
 """
 
-from gpufleet.dispatcher import (
-    Batch,
-    BatchProgress,
-    BatchTimeout,
-    CancelReport,
-    Client,
-    GpufleetError,
-    JobFailed,
-    JobSpec,
-    Settings,
-    SubmitReceipt,
-    Submitter,
-    iter_results,
-    read_progress,
-    submit_file,
-)
+from gpufleet.dispatcher.client.api import Batch, Client
+from gpufleet.dispatcher.client.results import BatchProgress, iter_results, read_progress
+from gpufleet.dispatcher.client.submit import SubmitReceipt, Submitter, submit_file
+from gpufleet.dispatcher.errors import BatchTimeout, GpufleetError, JobFailed
+from gpufleet.dispatcher.fleet.control import CancelReport
+from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.settings import Settings
 
 __all__ = [
     "Batch",
