@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gpufleet.dispatcher.fleet.node_claim import ProcessIdentity
+from gpufleet.dispatcher.routing.models import PYTHON
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
 from gpufleet.dispatcher.store.scripts import Scripts
 
@@ -38,6 +39,7 @@ class NodeInfo:
     weight: float = 1.0
     labels: Mapping[str, str] = field(default_factory=dict)
     incarnation: str = ""  # this start of the node's process (node_claim.new_incarnation)
+    backend: str = PYTHON  # what its slots run: Python functions, or OpenAI requests forwarded to a server
     process: ProcessIdentity = field(default_factory=ProcessIdentity)
 
 
@@ -69,6 +71,7 @@ def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, model
         "gpu_mem_free_gib": f"{mem_total - sum(g.mem_used_gib for g in reading.gpus):.3f}" if reading.gpus else "",
         "gpus": json.dumps([g.__dict__ for g in reading.gpus]),
         "models": ",".join(models),
+        "backend": info.backend,
         "healthy": "1" if reading.healthy else "0",
         "health_reason": reading.problems,
         "probe": reading.probe,

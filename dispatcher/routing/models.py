@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+# What runs a job (JobSpec.backend) and what a node's workers run (NodeState.backend): a job
+# goes only to nodes of its backend, so a forwarded OpenAI request never lands on a worker of
+# Python functions, nor a Python job on a forwarder.
+PYTHON = "python"
+OPENAI = "openai"
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -28,6 +34,7 @@ class JobSpec:
     timeout_s: int | None = None
     retries: int = 0
     gpu_mem_gib: float = 0.0
+    backend: str = PYTHON  # what runs it: a Python function (PYTHON) or a forwarded OpenAI request (OPENAI)
 
 
 class NodeState(NamedTuple):
@@ -66,6 +73,7 @@ class NodeState(NamedTuple):
     speed: float = 1.0  # relative throughput (the sim probe's --sim-speed; 1 otherwise)
     weight: float = 1.0  # static weight for weighted round robin
     models: tuple[str, ...] = ()
+    backend: str = PYTHON  # what its workers run: Python functions, or OpenAI requests forwarded to a server
     gpus_json: str = ""  # the heartbeat's per-GPU list, as sent (parsed only where it is shown)
     probe: str = ""
     version: str = ""
@@ -134,6 +142,7 @@ class NodeState(NamedTuple):
             speed=max(1e-6, _float(h, "speed", 1.0)),
             weight=max(0.0, _float(h, "weight", 1.0)),
             models=tuple(m for m in h.get("models", "").split(",") if m),
+            backend=h.get("backend") or PYTHON,
             gpus_json=h.get("gpus", ""),
             heartbeat_age_s=max(0.0, now_s - sent_at),
             incarnation=incarnation,

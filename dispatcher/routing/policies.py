@@ -28,8 +28,9 @@ class Policy(Protocol):
 
 def eligible(job: JobSpec, nodes: Sequence[NodeState]) -> list[NodeState]:
     """Nodes that may take `job` at all: accepting (alive, healthy, neither draining nor
-    ejected) with enough free GPU memory."""
-    return [n for n in nodes if n.accepting and n.gpu_mem_free_gib >= job.gpu_mem_gib]
+    ejected), of the job's backend, with enough free GPU memory."""
+    return [n for n in nodes
+            if n.accepting and n.backend == job.backend and n.gpu_mem_free_gib >= job.gpu_mem_gib]  # fmt: skip
 
 
 def candidates(job: JobSpec, nodes: Sequence[NodeState]) -> list[NodeState]:

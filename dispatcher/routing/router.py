@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .affinity import DEFAULT_AFFINITY_EPSILON, pick_affine
-from .models import JobSpec, NodeState
+from .models import PYTHON, JobSpec, NodeState
 from .policies import Policy, Ranking, eligible, ranking_of
 
 
@@ -138,7 +138,8 @@ class Placement:
     def place(self, job: JobSpec) -> str | None:
         """The node `job` goes to (its placement counted), or None to leave it in the ingress."""
         ranking, rank = self._ranking, self._rank
-        if rank is not None and job.model is None and job.affinity is None and job.gpu_mem_gib == 0.0:
+        if (rank is not None and job.model is None and job.affinity is None and job.gpu_mem_gib == 0.0
+                and job.backend == PYTHON):  # fmt: skip
             if ranking is None:  # kept for every later job with no needs: they all have the same candidates
                 ranking = self._ranking = rank(job, self._room())
             node_id = ranking.lowest()  # the policy's choice among the nodes with room

@@ -19,7 +19,7 @@ from redis.client import Pipeline
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from ..routing.models import JobSpec
+from ..routing.models import PYTHON, JobSpec
 from .keys import JobField, Keys
 
 SERIALIZER = JSONSerializer  # JSON on the wire, both sides; never pickle
@@ -42,7 +42,8 @@ def wake_dispatcher(pipeline: Pipeline, keys: Keys) -> None:
 
 def needs_field(spec: JobSpec) -> str:
     """The job's gf_needs value: what routing must respect, as a JSON object of the needs it
-    has (model, affinity, gpu_mem_gib); "" (the field left out) when it has none. One field,
+    has (model, affinity, gpu_mem_gib, a backend other than Python's); "" (the field left out)
+    when it has none. One field,
     so the dispatcher reads a job's needs with one SORT GET pattern."""
     needs: dict[str, Any] = {}
     if spec.model:
@@ -51,6 +52,8 @@ def needs_field(spec: JobSpec) -> str:
         needs["affinity"] = spec.affinity
     if spec.gpu_mem_gib:
         needs["gpu_mem_gib"] = float(spec.gpu_mem_gib)
+    if spec.backend != PYTHON:
+        needs["backend"] = spec.backend
     return json.dumps(needs, separators=(",", ":")) if needs else ""
 
 
@@ -60,7 +63,8 @@ def needs_spec(field: str | bytes | None) -> JobSpec:
     try:
         needs = json.loads(field) if field else {}
         return JobSpec(func="", model=needs.get("model") or None, affinity=needs.get("affinity") or None,
-                       gpu_mem_gib=float(needs.get("gpu_mem_gib", 0.0)))  # fmt: skip
+                       gpu_mem_gib=float(needs.get("gpu_mem_gib", 0.0)),
+                       backend=str(needs.get("backend") or PYTHON))  # fmt: skip
     except (ValueError, TypeError, AttributeError):
         return JobSpec(func="")
 

@@ -8,9 +8,10 @@ from collections import Counter
 from typing import Any
 
 from gpufleet.dispatcher.routing.affinity import load_cap, rendezvous_order, rendezvous_score
-from gpufleet.dispatcher.routing.models import JobSpec, NodeState
+from gpufleet.dispatcher.routing.models import OPENAI, JobSpec, NodeState
 from gpufleet.dispatcher.routing.policies import LeastConnections, ShortestExpectedDelay
 from gpufleet.dispatcher.routing.router import Router
+from gpufleet.dispatcher.store.job import needs_field, needs_spec
 
 JOB = JobSpec(func="m:f")
 
@@ -155,3 +156,16 @@ def test_a_burst_on_a_thousand_idle_nodes_takes_each_node_once_in_id_order() -> 
     moves, after = router.route(jobs(1000), [node(i) for i in reversed(ids)])
     assert [n for _, n in moves] == ids
     assert {n.load for n in after} == {1}
+
+
+def test_a_job_goes_only_to_nodes_of_its_backend() -> None:
+    """Forwarded OpenAI requests go to forwarder nodes only, Python jobs never there, whichever
+    looks emptier; an OpenAI job with no forwarder waits in the ingress."""
+    nodes = [node("py", capacity=4), node("fw", capacity=4, backend=OPENAI)]
+    router = Router(LeastConnections(), prefetch=0)
+    jobs = [(f"o{i}", JobSpec(func="", backend=OPENAI)) for i in range(3)] + [("p0", JobSpec(func=""))]
+    moves, _ = router.route(jobs, nodes)
+    assert moves == [("o0", "fw"), ("o1", "fw"), ("o2", "fw"), ("p0", "py")]
+    assert router.route([("o9", JobSpec(func="", backend=OPENAI))], [node("py")])[0] == []
+    assert needs_spec(needs_field(JobSpec(func="x:y", backend=OPENAI))).backend == OPENAI
+    assert needs_field(JobSpec(func="x:y")) == ""  # a Python job's needs stay empty: the common case
