@@ -8,7 +8,7 @@ fleet has had --settle seconds to clean up; `examine` fills the scenario's row:
   failed, canceled and scheduled registries, the retry schedules, and any other key that
   holds a job id, such as a worker's held list); only rq's finished/failed/canceled
   registries are final. rq's per-job and per-worker data (`rq:job:`, `rq:results:`,
-  `rq:execution(s):`, `rq:worker:`) and the batch's own id list are not places.
+  `rq:execution(s):`, `rq:worker:`) and the batch's own id lists are not places.
 - lost: jobs whose status is not final. stuck: jobs (or garbage) still in a place that is
   not final. in two places: jobs found in more than one place (or twice in one).
 - counters: the batch's finished/failed/canceled counters equal the statuses' counts.
@@ -53,9 +53,10 @@ NODE_LOST = re.compile(r"^node \S+ lost$")
 
 def scan_places(r: Redis, wanted: set[str], batch: str) -> dict[str, list[str]]:
     """Every LIST, ZSET and SET entry naming a wanted job id (as itself, or `id:execution`),
-    by job id: the key names, one per entry. The batch's own list of ids is no place."""
+    by job id: the key names, one per entry. The batch's own lists of ids (in submission order,
+    and in the order they ended) are no place."""
     wanted_b = {w.encode() for w in wanted}
-    skip = {KEYS.batch_jobs(batch).encode(), RQ_QUEUES.encode()}
+    skip = {KEYS.batch_jobs(batch).encode(), KEYS.batch_ended(batch).encode(), RQ_QUEUES.encode()}
     keys = [k for k in r.scan_iter(count=5000) if not k.startswith(NOT_PLACES) and k not in skip]
     with r.pipeline(transaction=False) as p:
         for k in keys:

@@ -122,7 +122,7 @@ class JobRun:
         started = time.perf_counter()
         ok = 0
         try:
-            ok = self._record_through_outages(jobs, executions, self._call(jobs))
+            ok = record_outcomes(w, self.queue, jobs, executions, self._call(jobs))
         finally:
             elapsed = time.perf_counter() - started
             w.stats.job_ended(elapsed, True, w.slot, ok)
@@ -183,56 +183,58 @@ class JobRun:
         ]
 
     # -- recording ------------------------------------------------------------------------
-    def _record_through_outages(self, jobs: list[Job], executions: list[Any], outcomes: list[Outcome]) -> int:
-        """Record the outcomes, waiting out a Redis outage rather than losing them: a job that
-        took an hour does not run again because Redis blinked. The fence makes a try idempotent
-        (a job whose record went through before the connection broke has left the started
-        registry, so it is not written twice). After an outage the
-        loop ends (RedisLost) so the slot starts over and gives back anything else it held,
-        such as a next job taken in a transaction whose reply was lost."""
-        recorded: set[str] = set()  # outcomes written (or dropped as late) so far
-        succeeded: set[str] = set()
-        lost: Exception | None = None
-        wait_s = OUTAGE_RETRY_S
-        ended = now()
-        while True:
-            try:
-                self._record(jobs, executions, outcomes, ended, recorded, succeeded)
-                break
-            except REDIS_DOWN as e:
-                if lost is None:
-                    log.error("redis unreachable, outcomes held until it answers node=%s jobs=%d error=%s",
-                              self.worker.node_id, len(jobs) - len(recorded), e)  # fmt: skip
-                lost = e
-                time.sleep(wait_s)
-                wait_s = min(MAX_OUTAGE_RETRY_S, wait_s * 2)
-        if lost is not None:
-            log.info("redis reachable again, outcomes recorded node=%s", self.worker.node_id)
-            self.worker.redis_lost = lost
-            raise RedisLost(str(lost))
-        return len(succeeded)
 
-    def _record(self, jobs: list[Job], executions: list[Any], outcomes: list[Outcome], ended: Any,
-                recorded: set[str], succeeded: set[str]) -> None:  # fmt: skip
-        """Each job's result (successes in one transaction) or failure, each written only if the
-        job is still this run's (late results are dropped). Jobs in `recorded` are done already
-        (an earlier try); the others are added as they are handled, the successes written to
-        `succeeded`."""
-        w = self.worker
-        todo = [(j, e, o) for j, e, o in zip(jobs, executions, outcomes) if j.id not in recorded]
-        for job, _, _ in todo:
-            job.ended_at = ended
-        done = [(j, e, o.value) for j, e, o in todo if o.ok]
-        late = w.record_successes(done)
-        for job, execution, _ in done:
+
+# -- recording ----------------------------------------------------------------------------
+def record_outcomes(w: RunHost, queue: Queue, jobs: Sequence[Job], executions: Sequence[Execution],
+                    outcomes: Sequence[Outcome]) -> int:  # fmt: skip
+    """Record the outcomes, waiting out a Redis outage rather than losing them: a job that
+    took an hour does not run again because Redis blinked. The fence makes a try idempotent (a
+    job whose record went through before the connection broke has left the started registry,
+    so it is not written twice). After an outage the loop ends (RedisLost) so the slot starts
+    over and gives back anything else it held, such as a next job taken in a transaction whose
+    reply was lost. Returns the number of successes recorded."""
+    recorded: set[str] = set()  # outcomes written (or dropped as late) so far
+    succeeded: set[str] = set()
+    lost: Exception | None = None
+    wait_s = OUTAGE_RETRY_S
+    ended = now()
+    while True:
+        try:
+            _record(w, queue, list(zip(jobs, executions, outcomes)), ended, recorded, succeeded)
+            break
+        except REDIS_DOWN as e:
+            if lost is None:
+                log.error("redis unreachable, outcomes held until it answers node=%s jobs=%d error=%s", w.node_id,
+                          len(jobs) - len(recorded), e)  # fmt: skip
+            lost = e
+            time.sleep(wait_s)
+            wait_s = min(MAX_OUTAGE_RETRY_S, wait_s * 2)
+    if lost is not None:
+        log.info("redis reachable again, outcomes recorded node=%s", w.node_id)
+        w.redis_lost = lost
+        raise RedisLost(str(lost))
+    return len(succeeded)
+
+
+def _record(w: RunHost, queue: Queue, runs: list[tuple[Job, Execution, Outcome]], ended: Any, recorded: set[str],
+            succeeded: set[str]) -> None:  # fmt: skip
+    """Each job's result (successes in one transaction) or failure, each written only if the
+    job is still this run's (late results are dropped). Jobs in `recorded` are done already (an
+    earlier try); the others are added as they are handled, the successes to `succeeded`."""
+    todo = [(j, e, o) for j, e, o in runs if j.id not in recorded]
+    for job, _, _ in todo:
+        job.ended_at = ended
+    done = [(j, e, o.value) for j, e, o in todo if o.ok]
+    late = w.record_successes(done)
+    for job, execution, _ in done:
+        recorded.add(job.id)
+        if job.id in late:
+            w.late(job, execution)
+        else:
+            succeeded.add(job.id)
+    for job, execution, outcome in todo:
+        if not outcome.ok:
+            job._status = JobStatus.FAILED
+            w.handle_job_failure(job, queue, exc_string=outcome.value, execution=execution, retry=not outcome.final)
             recorded.add(job.id)
-            if job.id in late:
-                w.late(job, execution)
-            else:
-                succeeded.add(job.id)
-        for job, execution, outcome in todo:
-            if not outcome.ok:
-                job._status = JobStatus.FAILED
-                w.handle_job_failure(job, self.queue, exc_string=outcome.value, execution=execution,
-                                     retry=not outcome.final)  # fmt: skip
-                recorded.add(job.id)

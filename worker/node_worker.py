@@ -166,20 +166,30 @@ class NodeWorker(SimpleWorker):
         """Take the node queue's head into the held list, waiting on the node's wake-up list
         while it is empty (unless not `wait`); None when empty and not waiting."""
         while True:
-            reply = self.scripts.take_job(self.taker)
-            if reply is None:
-                raise self._taken_over()
-            if reply:
-                job_id, fields = reply
-                if fields:
-                    return job_id, dict(zip(fields[::2], fields[1::2]))
-                log.warning("job data missing, id dropped from the node queue node=%s job=%s", self.node_id,
-                            read_id(job_id))  # fmt: skip
-                continue
+            taken = self.take(1)
+            if taken:
+                return taken[0]
             if not wait or self._stop_requested:
                 return None
             self.heartbeat()
             self.connection.blpop([self.taker.wakeup], timeout=IDLE_WAIT_S)
+
+    def take(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to `count` jobs from the node queue, into the held list: (id, job HASH) each."""
+        return self._kept(self.scripts.take_job(self.taker, count=count))
+
+    def _kept(self, reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The jobs a take_job reply holds; one line for each id dropped for want of its HASH."""
+        if reply is None:
+            raise self._taken_over()
+        kept = []
+        for job_id, fields in reply:
+            if fields:
+                kept.append((job_id, dict(zip(fields[::2], fields[1::2]))))
+            else:
+                log.warning("job data missing, id dropped from the node queue node=%s job=%s", self.node_id,
+                            read_id(job_id))  # fmt: skip
+        return kept
 
     def _taken_over(self) -> TakenOver:
         self.taken_over = True
@@ -312,6 +322,7 @@ class NodeWorker(SimpleWorker):
             self.increment_total_working_time(job.ended_at - job.started_at, p)
             if isinstance(job, FleetJob) and job.batch_id:
                 p.hincrby(self.keys.batch_info(job.batch_id), BatchCounter.FINISHED, 1)
+                p.rpush(self.keys.batch_ended(job.batch_id), job.id)
             self.cleanup_execution(job, pipeline=writes.group(), execution=execution)  # ours, late or not
         mine = writes.group()
         wake_dispatcher(mine, self.keys)
@@ -328,14 +339,10 @@ class NodeWorker(SimpleWorker):
             self._keep_taken(replies[1])
         return late
 
-    def _keep_taken(self, taken: Any) -> None:
-        if taken is None:
-            raise self._taken_over()
-        if taken and taken[1]:
-            self._taken = (taken[0], dict(zip(taken[1][::2], taken[1][1::2])))
-        elif taken:
-            log.warning("job data missing, id dropped from the node queue node=%s job=%s", self.node_id,
-                        read_id(taken[0]))  # fmt: skip
+    def _keep_taken(self, reply: Any) -> None:
+        taken = self._kept(reply)
+        if taken:
+            self._taken = taken[0]
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Execution | None = None, *, retry: bool = True) -> bool:  # fmt: skip

@@ -118,10 +118,12 @@ class FleetJob(Job):
         self._count(BatchCounter.FAILED, pipeline)
 
     def _count(self, counter: str, pipeline: Pipeline) -> None:
-        """Count the outcome, and wake the dispatcher: a slot just freed up on this node."""
+        """Count the outcome in its batch (and list the job among the batch's ended ones), and
+        wake the dispatcher: a slot just freed up on this node."""
         wake_dispatcher(pipeline, self.keys)
         if self.batch_id:
             pipeline.hincrby(self.keys.batch_info(self.batch_id), counter, 1)
+            pipeline.rpush(self.keys.batch_ended(self.batch_id), self.id)
 
 
 def func_path(func: str) -> str:

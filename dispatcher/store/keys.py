@@ -40,6 +40,9 @@ class JobField:
     ATTEMPTS = "gf_attempts"  # executions started so far
     RETRIES = "gf_retries"  # extra attempts the job may have after a failure
     ERROR = "gf_error"  # why gpufleet ended the job (e.g. "node a lost"); rq's results hold job errors
+    # the batch's ended-list length when `submit --resume` put this failed or canceled job back:
+    # its entries below that index record an ending the resume undid (results --follow skips them)
+    ENDED_FROM = "gf_ended_from"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class Keys:
 
     def batch_jobs(self, batch_id: str) -> str:  # LIST of job ids in submission order
         return f"{self.namespace}:batch:{batch_id}:jobs"
+
+    def batch_ended(self, batch_id: str) -> str:
+        # LIST of job ids in the order they reached a final state (finished, failed, canceled),
+        # written with the outcome; `results --follow` reads it from where it left off
+        return f"{self.namespace}:batch:{batch_id}:ended"
 
     def batch_info(self, batch_id: str) -> str:  # HASH: size, created_at, func
         return f"{self.namespace}:batch:{batch_id}"

@@ -169,21 +169,23 @@ class Scripts:
         args: list[str | bytes] = [status, counter, str(ttl_s), JobField.ERROR, utcformat(now())]
         for e in endings:
             keys += [e.place.source, as_raw(Keys.rq_job(e.place.job_id)), e.registry,
-                     self._keys.batch_info(e.place.batch_id)]  # fmt: skip
+                     self._keys.batch_info(e.place.batch_id), self._keys.batch_ended(e.place.batch_id)]  # fmt: skip
             args += [as_raw(e.place.job_id), as_raw(e.place.member or e.place.job_id), e.reason]
         return [int(flag) for flag in self._run["end_jobs"](keys=keys, args=args)]
 
-    def take_job(self, taker: Taker, pipeline: Pipeline | None = None) -> Any:
-        """Take the head of the taker's node queue into its held list (see take_job.lua); the
-        reply is [job id, [field, value, ...]] (no fields: the id had no HASH and was dropped),
-        [] when the queue is empty, or None when the taker no longer holds the node. With a
-        `pipeline` it is queued there (a worker recording a job takes its next one in the same
-        transaction) as EVAL with the source, not EVALSHA: inside a transaction a script Redis
-        forgot cannot be reloaded and retried (Redis caches the compiled body)."""
+    def take_job(self, taker: Taker, pipeline: Pipeline | None = None, count: int = 1) -> Any:
+        """Take up to `count` jobs from the head of the taker's node queue into its held list
+        (see take_job.lua); the reply is [[job id, [field, value, ...]], ...] (no fields: the id
+        had no HASH and was dropped), [] when there is nothing to take, or None when the taker
+        no longer holds the node. With a `pipeline` it is queued there (a worker recording a job
+        takes its next one in the same transaction) as EVAL with the source, not EVALSHA: inside
+        a transaction a script Redis forgot cannot be reloaded and retried (Redis caches the
+        compiled body)."""
         keys = [Keys.rq_queue(taker.node_queue), taker.held, taker.alive, taker.wakeup]
+        args: list[str | int] = [Keys.rq_job(""), taker.token, count]
         if pipeline is None:
-            return self._run["take_job"](keys=keys, args=[Keys.rq_job(""), taker.token])
-        pipeline.eval(_SOURCES["take_job"], len(keys), *keys, Keys.rq_job(""), taker.token)
+            return self._run["take_job"](keys=keys, args=args)
+        pipeline.eval(_SOURCES["take_job"], len(keys), *keys, *args)
         return None
 
     def claim_jobs(self, taker: Taker, job_ids: Sequence[bytes | str]) -> list[bool]:

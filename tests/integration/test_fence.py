@@ -12,6 +12,7 @@ from rq.job import Job
 
 from gpufleet.dispatcher.client.results import iter_results, read_progress
 from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.control import cancel
 from gpufleet.dispatcher.fleet.health import Leftovers, requeue_node
 from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
@@ -108,3 +109,19 @@ def test_the_result_that_counts_is_the_newest_attempts(r: redis.Redis, settings:
     assert (record["status"], record["attempts"], record["result"]) == ("finished", 2, "from the second run")
     assert read_progress(r, keys, batch).finished == 1
     assert r.xlen(Keys.rq_results(record["job_id"])) == 1  # the first run wrote nothing
+
+
+def test_every_final_state_lists_the_job_among_its_batch_s_ended_ones(r: redis.Redis, settings: Settings) -> None:
+    """A job's end, however it comes (a result, a failure for good, a cancel), appends it once
+    to its batch's ended list, which `results --follow` reads in finish order; a retry does not."""
+    keys = Keys(settings.namespace)
+    specs = [JobSpec("gpufleet.worker.tasks:echo", "ok"),
+             JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 0, "fail": True}, retries=1)]  # fmt: skip
+    batch = Submitter(r, settings).submit(specs).batch_id
+    ok, _failing = routed_to(r, settings, NODE)
+    context.set_current(context.NodeContext(node_id=NODE))
+    node_worker(r, settings).work(burst=True)  # ok finishes; failing fails once and waits for its retry
+    assert [i.decode() for i in r.lrange(keys.batch_ended(batch), 0, -1)] == [ok]
+    queued = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", 1)], batch_id="b2")
+    cancel(r, settings, queued.batch_id)
+    assert r.llen(keys.batch_ended("b2")) == 1

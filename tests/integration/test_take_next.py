@@ -60,10 +60,10 @@ def test_each_recorded_job_brings_the_next_so_only_the_first_is_taken_alone(
     alone = []
     real = Scripts.take_job
 
-    def counting(self: Scripts, taker: Taker, pipeline: Any = None) -> Any:
+    def counting(self: Scripts, taker: Taker, pipeline: Any = None, count: int = 1) -> Any:
         if pipeline is None:
             alone.append(1)
-        return real(self, taker, pipeline)
+        return real(self, taker, pipeline, count)
 
     monkeypatch.setattr(Scripts, "take_job", counting)
     worker = node_worker(r, settings)

@@ -1,10 +1,10 @@
--- end_jobs(keys=[source_1, job_1, registry_1, batch_1, source_2, ...],
+-- end_jobs(keys=[source_1, job_1, registry_1, batch_1, ended_1, source_2, ...],
 --          args=[status, counter, ttl_s, error_field, ended_at, job_id_1, member_1, reason_1, ...])
 -- End jobs for good (a node lost past the retry limit: "failed"; a cancel: "canceled"), each
 -- only if it is still in its source: a LIST holding job_id or a ZSET holding member. Sets the
 -- job's status, its reason in error_field and ended_at, files it in registry (rq's failed or
--- canceled ZSET, score = now + ttl_s), lets the job HASH expire after ttl_s, and increments
--- the batch HASH field `counter`. A job whose HASH is gone only leaves its source (no stray
+-- canceled ZSET, score = now + ttl_s), lets the job HASH expire after ttl_s, increments
+-- the batch HASH field `counter` and appends the job to the batch's list of ended jobs. A job whose HASH is gone only leaves its source (no stray
 -- HASH is made). Returns 1 (ended), 0 (no longer in its source) or -1 (dropped: no job data)
 -- per job.
 local status, counter, ttl, error_field, ended_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -12,7 +12,8 @@ local now = tonumber(redis.call("TIME")[1])
 local ended = {}
 for i = 1, (#ARGV - 5) / 3 do
     local job_id, member, reason = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
-    local source, job, registry, batch = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+    local source, job, registry, batch, ended_list = KEYS[5 * i - 4], KEYS[5 * i - 3], KEYS[5 * i - 2],
+        KEYS[5 * i - 1], KEYS[5 * i]
     local removed
     if redis.call("TYPE", source).ok == "zset" then
         removed = redis.call("ZREM", source, member)
@@ -26,6 +27,7 @@ for i = 1, (#ARGV - 5) / 3 do
         redis.call("ZADD", registry, now + ttl, job_id)
         redis.call("EXPIRE", job, ttl)
         redis.call("HINCRBY", batch, counter, 1)
+        redis.call("RPUSH", ended_list, job_id)
     end
     ended[i] = removed
 end
