@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gpufleet.dispatcher.client.results import WriteReport
+from gpufleet.dispatcher.client.submit import ResumeReport
 from gpufleet.dispatcher.observe.status import state_counts
 
 
@@ -108,3 +110,36 @@ def render_latency_table(latencies_by_node: dict[str, list[float]]) -> str:
         values = sorted(values)
         rows.append([node, len(values), sum(values) / len(values), percentile(values, 95)])
     return table(["NODE", "JOBS", "MEAN_S", "P95_S"], rows)
+
+
+def render_resume(batch_id: str, report: ResumeReport) -> str:
+    """`submit --resume`'s summary line (stderr): what it enqueued, and what it left alone."""
+    text = (f"resumed {batch_id}: enqueued {report.enqueued} missing, put back {report.requeued_failed} failed and "
+            f"{report.requeued_canceled} canceled; left alone {report.finished} finished, {report.in_flight} in "
+            f"flight, {report.gone} whose data had left Redis")  # fmt: skip
+    if report.skipped:
+        text += f", {report.skipped} failed or canceled that moved meanwhile"
+    return text
+
+
+def render_unwritten(report: WriteReport, size: int, *, follow: bool) -> str | None:
+    """Why `results` wrote fewer lines than the batch has jobs (the exit code is then 1), or None
+    when nothing is missing. Only an OpenAI output, or a --follow, leaves jobs out."""
+    if follow:
+        if report.written >= size:
+            return None
+        parts = []
+        if report.gone:
+            parts.append(f"{report.gone} had lost their data (expired, or dropped by an earlier --drop-after-write)")
+        if (missing := size - report.written - report.gone) > 0:
+            parts.append(f"{missing} ended without an entry in the batch's ended list (a worker older than "
+                         "`results --follow`?); `results` without --follow reads them")  # fmt: skip
+        return f"{size - report.written} of {size} jobs have no line: " + "; ".join(parts)
+    if not report.not_ended and not report.gone:
+        return None
+    parts = []
+    if report.not_ended:
+        parts.append(f"{report.not_ended} not ended yet (run again, or use --wait or --follow)")
+    if report.gone:
+        parts.append(f"{report.gone} whose data has left Redis (expired, or dropped by --drop-after-write)")
+    return f"{report.not_ended + report.gone} of {size} jobs have no line: " + "; ".join(parts)

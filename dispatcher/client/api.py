@@ -41,8 +41,17 @@ from ..store.connection import connect, mask_url
 from ..store.job import job_class
 from ..store.keys import Keys
 from .jobfile import check_specs
-from .results import READ_CHUNK, BatchProgress, iter_results, read_batch_status, read_progress, result_record
-from .submit import Submitter
+from .results import (
+    READ_CHUNK,
+    BatchProgress,
+    WriteReport,
+    iter_results,
+    read_batch_status,
+    read_progress,
+    result_record,
+    write_results,
+)
+from .submit import SubmitReceipt, Submitter, submit_file
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +69,11 @@ class Batch:
 
     Client.submit returns one; Client.batch(id) finds one again by its id, from any process."""
 
-    def __init__(self, r: Redis, settings: Settings, batch_id: str, size: int) -> None:
+    def __init__(self, r: Redis, settings: Settings, batch_id: str, size: int,
+                 receipt: SubmitReceipt | None = None) -> None:  # fmt: skip
         self.id = batch_id
         self.size = size
+        self.receipt = receipt  # Client.submit_file's: what it enqueued (a resume: `.resumed` says what it found)
         self._r = r
         self._settings = settings
         self._keys = Keys(settings.namespace)
@@ -109,6 +120,16 @@ class Batch:
         Without `wait`, each as it is now (a job not ended yet says queued or started); with
         `wait`, each as soon as its job ended, so a slow job holds back the records after it."""
         return self._records_as_they_end() if wait else iter_results(self._r, self._keys, self.id)
+
+    def write_results(self, out: IO[str], *, errors: IO[str] | None = None, openai: bool = False,
+                      follow: bool = False, drop_after_write: bool = False) -> WriteReport:  # fmt: skip
+        """Write one JSON line per job to `out`, as `gpufleet results` does: the records, or with
+        `openai` OpenAI batch output lines (failed requests to `errors` when given; jobs not ended
+        left out); with `follow`, in the order the jobs end, until the batch is done; with
+        `drop_after_write`, each ended job's rq data is deleted once its line is written and
+        synced. Says how many lines it wrote and what it left out."""
+        return write_results(self._r, self._keys, self.id, out, errors=errors, openai=openai, follow=follow,
+                             drop_after_write=drop_after_write)  # fmt: skip
 
     def cancel(self) -> CancelReport:
         """Cancel the jobs that have not started (queued, or waiting to retry), as `gpufleet
@@ -210,6 +231,21 @@ class Client:
         items = _collection(specs)
         first = next(iter(items), None)
         return self._submit(lambda: items, len(items), first.func if first else None, batch)
+
+    def submit_file(self, path: str, *, format: str = "auto", func: str | None = None, priority: str = "normal",
+                    retries: int | None = None, timeout_s: int | None = None, batch: str | None = None,
+                    resume: bool = False) -> Batch:  # fmt: skip
+        """Submit a job file or an OpenAI batch file ('-': stdin) as one batch, as `gpufleet submit`
+        does: `format` "auto" (OpenAI when the first line has custom_id, method, url and body),
+        "jsonl" or "openai"; `func` for job file lines without one, `retries` (default 3) and
+        `timeout_s` for OpenAI lines. Every line is checked first (JobFileError naming the line,
+        nothing enqueued), reading the file twice in constant memory. With `resume`, an existing
+        batch `batch` gets only what did not run to an end; the Batch's `receipt.resumed` says
+        what it found (see README "OpenAI batch files on your own servers")."""
+        receipt = submit_file(self._r, self.settings, path, default_func=func, default_priority=priority,
+                              batch_id=batch, fmt=format, retries=retries, timeout_s=timeout_s, resume=resume)
+        size = read_progress(self._r, Keys(self.settings.namespace), receipt.batch_id).size
+        return Batch(self._r, self.settings, receipt.batch_id, size, receipt)
 
     def map(
         self,

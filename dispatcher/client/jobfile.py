@@ -64,8 +64,8 @@ def parse_line(text: str, *, source: str, line_no: int, default_func: str | None
     return JobSpec(*_parse(text, source, line_no, default_func, default_priority))
 
 
-def _parse(text: str, source: str, line_no: int, default_func: str | None, default_priority: str) -> tuple[Any, ...]:
-    """parse_line's work: JobSpec's fields, in its order, without building one."""
+def decode_object(text: str, source: str, line_no: int) -> dict[str, Any]:
+    """One line's JSON object (no NaN or Infinity), or the JobFileError naming the line."""
     try:
         obj = _DECODER.decode(text)
     except ValueError as e:
@@ -73,6 +73,12 @@ def _parse(text: str, source: str, line_no: int, default_func: str | None, defau
         raise JobFileError(source, line_no, None, f"not valid JSON ({why})") from None
     if not isinstance(obj, dict):
         raise JobFileError(source, line_no, None, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _parse(text: str, source: str, line_no: int, default_func: str | None, default_priority: str) -> tuple[Any, ...]:
+    """parse_line's work: JobSpec's fields, in its order, without building one."""
+    obj = decode_object(text, source, line_no)
     if "input" not in obj or len(obj) > 1:  # a line with only "input" needs no more checks
         _check_fields(obj, source, line_no)
     try:
@@ -138,8 +144,16 @@ def read_jobs(
 ) -> Iterator[JobSpec]:
     """Every job of a JSON Lines byte stream, validated; blank lines are skipped. Client ids
     must be unique in the file (the set of ids seen is the only state kept)."""
-    for fields in _read(stream, source, default_func, default_priority):
+    for _, fields in _read(stream, source, default_func, default_priority):
         yield JobSpec(*fields)
+
+
+def numbered_jobs(
+    stream: IO[bytes], *, source: str, default_func: str | None = None, default_priority: str = "normal"
+) -> Iterator[tuple[int, JobSpec]]:
+    """read_jobs, each job with its line number (for messages that name the line)."""
+    for line_no, fields in _read(stream, source, default_func, default_priority):
+        yield line_no, JobSpec(*fields)
 
 
 def count_jobs(
@@ -149,8 +163,9 @@ def count_jobs(
     return sum(1 for _ in _read(stream, source, default_func, default_priority))
 
 
-def _read(stream: IO[bytes], source: str, default_func: str | None, default_priority: str) -> Iterator[tuple[Any, ...]]:
-    seen_ids: dict[str, int] = {}
+def iter_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a JSON Lines byte stream as (line number, text), one in memory at
+    a time; a line over MAX_LINE_BYTES or not UTF-8 is a JobFileError naming it."""
     line_no = 0
     while raw := stream.readline(MAX_LINE_BYTES + 1):
         line_no += 1
@@ -160,14 +175,21 @@ def _read(stream: IO[bytes], source: str, default_func: str | None, default_prio
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise JobFileError(source, line_no, None, f"not valid UTF-8 (byte {e.start})") from None
-        if text.isspace():
-            continue
+        if not text.isspace():
+            yield line_no, text
+
+
+def _read(
+    stream: IO[bytes], source: str, default_func: str | None, default_priority: str
+) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    seen_ids: dict[str, int] = {}
+    for line_no, text in iter_lines(stream, source):
         fields = _parse(text, source, line_no, default_func, default_priority)
         if (client_id := fields[2]) is not None:
             if client_id in seen_ids:
                 raise JobFileError(source, line_no, "id", f"{client_id!r} already used on line {seen_ids[client_id]}")
             seen_ids[client_id] = line_no
-        yield fields
+        yield line_no, fields
 
 
 def _optional_str(value: Any, name: str) -> str | None:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any
 
-from redis import Redis
+from redis import Redis, WatchError
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 from rq.utils import as_text
 
 from ..errors import NotFound
 from ..store.job import SERIALIZER, BatchCounter, job_class
 from ..store.keys import JobField, Keys
+from .openai_batch import output_line
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 500  # jobs per pipelined round trip
 
@@ -47,19 +57,164 @@ def read_progress(r: Redis, keys: Keys, batch_id: str) -> BatchProgress:
 
 def iter_results(r: Redis, keys: Keys, batch_id: str) -> Iterator[dict[str, Any]]:
     """One dict per job, in submission order (the stable `results` format, see README)."""
+    for chunk in submission_chunks(r, keys, batch_id):
+        for _, record in chunk:
+            yield record
+
+
+Chunk = list[tuple[str, dict[str, Any]]]  # (job id, its `results` record), read in one round trip
+
+
+def submission_chunks(r: Redis, keys: Keys, batch_id: str) -> Iterator[Chunk]:
+    """Every job's record as it is now, in submission order, READ_CHUNK jobs per round trip."""
     read_progress(r, keys, batch_id)  # NotFound for an unknown batch
     cls = job_class(keys)
     list_key = keys.batch_jobs(batch_id)
     start = 0
     while ids := [as_text(i) for i in r.lrange(list_key, start, start + READ_CHUNK - 1)]:
-        with r.pipeline(transaction=False) as p:
-            for job_id in ids:
-                p.hgetall(Keys.rq_job(job_id))
-                p.xrevrange(Keys.rq_results(job_id), "+", "-", count=1)
-            replies = p.execute()
-        for job_id, raw, latest in zip(ids, replies[0::2], replies[1::2]):
-            yield result_record(r, cls, job_id, raw, latest)
+        replies = _read_jobs(r, ids)
+        yield [(job_id, result_record(r, cls, job_id, raw, latest)) for job_id, (raw, latest) in zip(ids, replies)]
         start += READ_CHUNK
+
+
+def _read_jobs(r: Redis, ids: list[str]) -> list[tuple[dict[bytes, bytes], list[Any]]]:
+    """Each job's HGETALL and newest Result (XREVRANGE count 1), in one pipeline."""
+    with r.pipeline(transaction=False) as p:
+        for job_id in ids:
+            p.hgetall(Keys.rq_job(job_id))
+            p.xrevrange(Keys.rq_results(job_id), "+", "-", count=1)
+        replies = p.execute()
+    return list(zip(replies[0::2], replies[1::2]))
+
+
+_ENDED_FROM = JobField.ENDED_FROM.encode()
+FINAL = frozenset(("finished", "failed", "canceled", "stopped"))  # rq statuses a job does not leave by itself
+
+
+def follow_chunks(r: Redis, keys: Keys, batch_id: str, *, sleep: Callable[[float], None] = time.sleep,
+                  poll_min_s: float = 0.01, poll_max_s: float = 0.2) -> Iterator[Chunk]:  # fmt: skip
+    """Each job's record as soon as it has ended, in the order the jobs ended, until the batch
+    is done. Reads the batch's ended list (keys.batch_ended: workers, cancel and the health loop
+    push a job id with its final state) from where it left off, READ_CHUNK ids per round trip,
+    so it never scans the batch; while nothing new has ended it polls, 10 ms doubling to 200 ms.
+    Skipped: entries a resume undid (JobField.ENDED_FROM), and jobs not in a final state now (put back
+    in the ingress since; their next ending comes later). A job whose data is gone is yielded
+    as `expired`."""
+    read_progress(r, keys, batch_id)  # NotFound for an unknown batch
+    cls = job_class(keys)
+    list_key = keys.batch_ended(batch_id)
+    offset, delay = 0, poll_min_s
+    while True:
+        done = read_progress(r, keys, batch_id).done  # read before the list: an ending is pushed with its count
+        ids = [as_text(i) for i in r.lrange(list_key, offset, offset + READ_CHUNK - 1)]
+        if not ids:
+            if done:
+                return
+            sleep(delay)
+            delay = min(2 * delay, poll_max_s)
+            continue
+        chunk = []
+        for index, (job_id, (raw, latest)) in enumerate(zip(ids, _read_jobs(r, ids)), offset):
+            if raw and (int(raw.get(_ENDED_FROM, 0) or 0) > index or raw.get(b"status", b"").decode() not in FINAL):
+                continue  # undone by a resume, or back in the ingress: its next ending comes later
+            chunk.append((job_id, result_record(r, cls, job_id, raw, latest)))
+        offset, delay = offset + len(ids), poll_min_s
+        if chunk:
+            yield chunk
+
+
+def drop_jobs(r: Redis, job_ids: list[str], *, attempts: int = 3) -> int:
+    """Delete the rq data of ended jobs: the job HASH, its Results stream, its execution records
+    and its place in its queue's finished, failed and canceled registries. The batch keeps the
+    job's id (in its job list and ended list) and its counters. A job that is not in a final
+    state any more (a resume put it back) is left alone: the transaction WATCHes every job HASH
+    and is tried again if one changed. Returns how many were dropped."""
+    keys = [Keys.rq_job(job_id) for job_id in job_ids]
+    for _ in range(attempts):
+        with r.pipeline() as tx:
+            tx.watch(*keys)  # type: ignore[no-untyped-call]
+            with r.pipeline(transaction=False) as p:  # reads after the WATCH: a later change fails the EXEC
+                for key, job_id in zip(keys, job_ids):
+                    p.hmget(key, "status", "origin")
+                    p.zrange(Keys.rq_executions(job_id), 0, -1)
+                replies = p.execute()
+            tx.multi()
+            dropped = 0
+            for job_id, (status, origin), executions in zip(job_ids, replies[0::2], replies[1::2]):
+                if as_text(status) not in FINAL:
+                    continue
+                queue = as_text(origin) if origin else ""
+                tx.delete(Keys.rq_job(job_id), Keys.rq_results(job_id), Keys.rq_executions(job_id),
+                          *(Keys.rq_execution(job_id, as_text(e)) for e in executions))  # fmt: skip
+                for registry in (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry):
+                    tx.zrem(registry(queue, connection=r).key, job_id)
+                dropped += 1
+            try:
+                tx.execute()
+                return dropped
+            except WatchError:
+                continue
+    log.warning("results not dropped: the jobs kept changing jobs=%d", len(job_ids))
+    return 0
+
+
+@dataclass
+class WriteReport:
+    """What write_results wrote, and what it left out."""
+
+    written: int = 0  # lines written, to `out` and `errors` together
+    failed: int = 0  # of them, lines of failed requests (format openai)
+    not_ended: int = 0  # jobs left out: not ended yet (format openai)
+    gone: int = 0  # jobs left out: their data has left Redis (format openai)
+    dropped: int = 0  # jobs whose rq data was deleted once their line was written
+
+
+def write_results(r: Redis, keys: Keys, batch_id: str, out: IO[str], *, errors: IO[str] | None = None,
+                  openai: bool = False, follow: bool = False, drop_after_write: bool = False,
+                  sleep: Callable[[float], None] = time.sleep) -> WriteReport:  # fmt: skip
+    """Write one JSON line per job of the batch to `out`: its `results` record, or with `openai`
+    its OpenAI batch output line (openai_batch.output_line; failed requests to `errors` when
+    given, and jobs not ended or gone left out). In submission order as the jobs are now, or
+    with `follow` in the order they end, until the batch is done (follow_chunks). The streams
+    are flushed after each chunk; with `drop_after_write` they are also fsynced, and only then
+    is each written ended job's rq data deleted (drop_jobs): the file is its only copy."""
+    report = WriteReport()
+    chunks = follow_chunks(r, keys, batch_id, sleep=sleep) if follow else submission_chunks(r, keys, batch_id)
+    for chunk in chunks:
+        ended = []
+        for job_id, record in chunk:
+            stream, line = out, record
+            if openai:
+                shaped = output_line(record)
+                if shaped is None:
+                    if record["status"] == "expired":
+                        report.gone += 1
+                    else:
+                        report.not_ended += 1
+                    continue
+                line, ok = shaped
+                if not ok:
+                    report.failed += 1
+                    stream = errors or out
+            stream.write(json.dumps(line) + "\n")
+            report.written += 1
+            if record["status"] in FINAL:
+                ended.append(job_id)
+        _flush(out, errors, sync=drop_after_write)
+        if drop_after_write and ended:
+            report.dropped += drop_jobs(r, ended)
+    return report
+
+
+def _flush(*streams: IO[str] | None, sync: bool) -> None:
+    """Flush each stream; with `sync`, fsync it too (a pipe or a terminal cannot be: skipped)."""
+    for stream in streams:
+        if stream is None:
+            continue
+        stream.flush()
+        if sync:
+            with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):  # not a file: flushed is all
+                os.fsync(stream.fileno())
 
 
 def result_record(r: Redis, cls: Any, job_id: str, raw: dict[bytes, bytes], latest: list[Any]) -> dict[str, Any]:
