@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,9 +18,19 @@ from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY, POLICY_NAMES, m
 from gpufleet.dispatcher.store.connection import connect, mask_url
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.worker.gpu import PROBE_NAMES
-from gpufleet.worker.run import DEFAULT_ALLOW, WorkerOptions, default_node_id, run_gpu_nodes, run_worker
+from gpufleet.worker.run import (
+    DEFAULT_ALLOW,
+    DEFAULT_CONCURRENCY,
+    WorkerOptions,
+    default_node_id,
+    run_gpu_nodes,
+    run_worker,
+)
 
 from .state import CliState, pass_state
+
+if TYPE_CHECKING:
+    from gpufleet.worker.forwarder.server import OpenAIServer
 
 log = logging.getLogger("gpufleet")
 
@@ -30,6 +41,8 @@ log = logging.getLogger("gpufleet")
 @click.option("--alpha", type=float, default=None, help="load-aware: weight of GPU utilization (>= 0). Default 0.6.")
 @click.option("--beta", type=float, default=None, help="load-aware: weight of GPU memory use (>= 0). Default 0.3.")
 @click.option("--gamma", type=float, default=None, help="load-aware: constant term (> 0). Default 0.1.")
+@click.option("--kv", type=float, default=None,
+              help="load-aware: weight of a forwarder's server's KV-cache use, 0..1 (>= 0). Default 0.5.")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
               help="Jobs a node may hold beyond its capacity; the rest wait in the ingress. Default 2.")  # fmt: skip
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
@@ -45,18 +58,20 @@ log = logging.getLogger("gpufleet")
               help="Run CMD (no shell) with {n} = the new desired node count each time it changes.")  # fmt: skip
 @pass_state
 def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | None, gamma: float | None,
-               prefetch: int | None, max_node_queue: int | None, metrics_port: int, max_nodes: int | None,
-               min_nodes: int | None, target_drain_s: float | None, scale_cmd: str | None) -> None:  # fmt: skip
+               kv: float | None, prefetch: int | None, max_node_queue: int | None, metrics_port: int,
+               max_nodes: int | None, min_nodes: int | None, target_drain_s: float | None,
+               scale_cmd: str | None) -> None:  # fmt: skip
     """Route jobs from the ingress queues to node queues until stopped (Ctrl-C or SIGTERM).
 
     Reads node heartbeats every ~150 ms and moves jobs in batches with one atomic Lua call.
     With no live node, jobs wait in the ingress.
     """
-    settings = state.settings.with_overrides(policy=policy, alpha=alpha, beta=beta, gamma=gamma,
+    settings = state.settings.with_overrides(policy=policy, alpha=alpha, beta=beta, gamma=gamma, kv=kv,
                                              prefetch=prefetch, max_node_queue=max_node_queue, max_nodes=max_nodes,
                                              min_nodes=min_nodes, target_drain_s=target_drain_s,
                                              scale_cmd=scale_cmd)  # fmt: skip
-    chosen = make_policy(settings.policy, alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma)
+    chosen = make_policy(settings.policy, alpha=settings.alpha, beta=settings.beta, gamma=settings.gamma,
+                         kv=settings.kv)  # fmt: skip
     r = connect(settings.redis_url)
     stop = _stop_on_signals()
     metrics = DispatcherMetrics(chosen.name, forget_dead_after_s=settings.forget_dead_after_s) if metrics_port else None
@@ -127,20 +142,38 @@ def parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,
               help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (with --gpus, node i on "
                    "PORT+i); 0: off.")  # fmt: skip
+@click.option("--openai-url", default=None, metavar="URL",
+              help="Forward OpenAI batch requests to this OpenAI-compatible server (vLLM, SGLang, TGI, Ollama, "
+                   "Infinity...), e.g. http://127.0.0.1:8000/v1, instead of running Python functions. With "
+                   "--gpus, {gpu} and {8000+gpu} in it name each node's own server.")  # fmt: skip
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="With --openai-url: requests in flight at once (the node's capacity). Default 64.")  # fmt: skip
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="With --openai-url: the environment variable holding the server's API key (sent as a "
+                   "bearer token; never printed).")  # fmt: skip
+@click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --openai-url: a request's timeout in seconds (its job's own timeout, when shorter, wins). "
+                   "Default 600.")  # fmt: skip
 @pass_state
 def worker(state: CliState, node_id: str | None, gpus: str | None, gpus_per_node: int, probe: str, sim_speed: float,
-           capacity: int, weight: float, allow: tuple[str, ...], burst: bool, metrics_port: int) -> None:  # fmt: skip
+           capacity: int, weight: float, allow: tuple[str, ...], burst: bool, metrics_port: int,
+           openai_url: str | None, concurrency: int | None, api_key_env: str | None,
+           request_timeout_s: float | None) -> None:  # fmt: skip
     """Work this node's queue, with a heartbeat, until Ctrl-C or SIGTERM (the running job finishes).
 
-    Jobs run in this process (no fork per job), so a model loaded once stays warm. Only
-    functions of allowed modules run; any other job fails with a clear error. A task marked
-    @batched gets up to its max_size jobs at once.
+    Jobs run in this node's slot processes (no fork per job), so a model loaded once stays
+    warm. Only functions of allowed modules run; any other job fails with a clear error. A
+    task marked @batched gets up to its max_size jobs at once.
+
+    With --openai-url the node forwards OpenAI batch requests to that server instead, up to
+    --concurrency at once, and advertises the models the server lists.
 
     On a host with 8 GPUs: `gpufleet worker --gpus all` runs 8 nodes, one per GPU.
     """
     opts = WorkerOptions(node_id=node_id or default_node_id(), probe=probe, sim_speed=sim_speed,
                          capacity=capacity, weight=weight, allow=allow or DEFAULT_ALLOW, burst=burst,
-                         metrics_port=metrics_port)  # fmt: skip
+                         metrics_port=metrics_port, openai=_server(openai_url, api_key_env, request_timeout_s),
+                         concurrency=concurrency or DEFAULT_CONCURRENCY)  # fmt: skip
     if gpus is not None:
         if gpus != "all" and len(gpus.split(",")) % gpus_per_node:
             raise click.UsageError(f"--gpus {gpus} names {len(gpus.split(','))} GPUs, which do not split into "
@@ -150,6 +183,32 @@ def worker(state: CliState, node_id: str | None, gpus: str | None, gpus_per_node
         raise click.UsageError("--gpus-per-node needs --gpus")
     else:
         run_worker(state.settings, opts)
+
+
+def _server(url: str | None, api_key_env: str | None, request_timeout_s: float | None) -> OpenAIServer | None:
+    """The --openai-url server, or None; its API key read from the variable --api-key-env names."""
+    if url is None:
+        ctx = click.get_current_context()
+        for name in ("concurrency", "api_key_env", "request_timeout_s"):
+            if ctx.params.get(name) is not None:
+                flag = "--" + name.replace("_", "-")
+                hint = " (a Python worker's job slots are --capacity)" if name == "concurrency" else ""
+                raise click.UsageError(f"{flag} is for a forwarder: it needs --openai-url{hint}")
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="'--openai-url'")
+    try:
+        from gpufleet.worker.forwarder.server import OpenAIServer
+    except ImportError as e:  # httpx
+        raise click.UsageError(f"--openai-url needs the openai extra: pip install 'gpufleet[openai]' ({e})") from None
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise click.UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    if request_timeout_s is None:
+        return OpenAIServer(url, api_key=key)
+    return OpenAIServer(url, api_key=key, request_timeout_s=request_timeout_s)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -32,6 +32,7 @@ class Settings:
     alpha: float = 0.6  # load-aware: weight of GPU utilization
     beta: float = 0.3  # load-aware: weight of GPU memory utilization
     gamma: float = 0.1  # load-aware: floor, so an idle node's weight stays finite
+    kv: float = 0.5  # load-aware: weight of a forwarder's server's KV-cache use (0 elsewhere)
     submit_chunk: int = 1000  # jobs per pipelined round trip when submitting
     result_ttl_s: int = 7 * 24 * 3600  # how long rq keeps results (and finished/failed jobs)
     node_loss_retries: int = 2  # a job whose node died runs again up to max(this, its retries) times

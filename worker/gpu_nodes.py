@@ -7,6 +7,7 @@ spans several. Each node runs in its own process, pinned to its GPUs with CUDA_V
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from gpufleet.dispatcher.errors import SettingsError
@@ -63,3 +64,13 @@ def gpu_node_id(host: str, group: Sequence[GpuDevice]) -> str:
 
 def cuda_visible_devices(group: Sequence[GpuDevice]) -> str:
     return ",".join(d.cuda_visible for d in group)
+
+
+_PORT_OF_GPU = re.compile(r"\{(\d+)\+gpu\}")
+
+
+def gpu_url(template: str, group: Sequence[GpuDevice]) -> str:
+    """A node's server URL from a --openai-url template: `{gpu}` is its first GPU's index and
+    `{8000+gpu}` that index plus 8000, so 8 nodes reach 8 servers on ports 8000-8007."""
+    first = group[0].index
+    return _PORT_OF_GPU.sub(lambda m: str(int(m.group(1)) + first), template).replace("{gpu}", str(first))

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gpufleet.dispatcher.fleet.node_claim import ProcessIdentity
 from gpufleet.dispatcher.routing.models import PYTHON
@@ -23,6 +24,9 @@ from gpufleet.dispatcher.store.scripts import Scripts
 from . import context
 from .gpu import Probe, Reading
 from .stats import NodeStats, StatsView
+
+if TYPE_CHECKING:  # the forwarder's modules need httpx, which only the `openai` extra installs
+    from .forwarder.server import ServerState, ServerWatch
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ class NodeInfo:
 
 
 def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, models: tuple[str, ...] = (),
-                     now_s: float | None = None) -> dict[str, str]:  # fmt: skip
+                     server: ServerState | None = None, now_s: float | None = None) -> dict[str, str]:  # fmt: skip
     """The heartbeat HASH for one instant (pure).
 
     `capacity` is the jobs the node holds at once: its slots times the largest batch its
@@ -80,6 +84,13 @@ def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, model
         **info.process.fields(),
         "labels": json.dumps(dict(info.labels)),
     }
+    if server is not None:  # a forwarder: its server's models, health and own queue figures
+        fields["models"] = ",".join(sorted(set(models) | set(server.models)))
+        if not server.healthy:
+            fields["healthy"] = "0"
+            fields["health_reason"] = "; ".join(p for p in (reading.problems, server.problem) if p)
+        fields["server_waiting"] = str(server.waiting)
+        fields["kv_cache_usage"] = f"{server.kv_cache_usage:.4f}"
     return fields
 
 
@@ -88,11 +99,13 @@ class Heartbeat(threading.Thread):
     If another process has taken the node over, it stops beating and calls `on_taken_over`."""
 
     def __init__(self, scripts: Scripts, info: NodeInfo, stats: NodeStats, probe: Probe, *, interval_s: float,
-                 ttl_s: float, on_taken_over: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+                 ttl_s: float, on_taken_over: Callable[[], None] = lambda: None,
+                 server: ServerWatch | None = None) -> None:  # fmt: skip
         super().__init__(name=f"heartbeat-{info.node_id}", daemon=True)
         self._scripts, self._info, self._stats, self._probe = scripts, info, stats, probe
         self._interval_s, self._ttl_ms = interval_s, int(ttl_s * 1000)
         self._on_taken_over = on_taken_over
+        self._server = server  # a forwarder's inference server, watched in a thread of its own
         self._stop_event = threading.Event()
         self.taken_over = False
 
@@ -100,7 +113,8 @@ class Heartbeat(threading.Thread):
         """One heartbeat; False (and nothing written) once another process holds the node."""
         view = self._stats.view()
         models = tuple(sorted(context.current().models | self._stats.models()))
-        fields = heartbeat_fields(self._info, view, self._probe.read(), models=models)
+        server = self._server.state if self._server else None
+        fields = heartbeat_fields(self._info, view, self._probe.read(), models=models, server=server)
         return self._scripts.beat(self._info.node_id, self._info.incarnation, self._ttl_ms, fields)
 
     def run(self) -> None:

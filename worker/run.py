@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import Redis
 from rq import Queue
@@ -30,6 +30,7 @@ from rq import Queue
 from gpufleet.dispatcher.errors import NodeIdInUse, NodeTakenOver
 from gpufleet.dispatcher.fleet.health import Leftovers, RequeueReport, recover_node, requeue_node
 from gpufleet.dispatcher.fleet.node_claim import claim_node_id, holder_name, new_incarnation, stop_mark, worker_name
+from gpufleet.dispatcher.routing.models import OPENAI, PYTHON
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.connection import REDIS_DOWN, connect
 from gpufleet.dispatcher.store.job import SERIALIZER, job_class
@@ -38,16 +39,20 @@ from gpufleet.dispatcher.store.scripts import Scripts, Taker
 
 from . import context
 from .gpu import GpuDevice, discover_gpus, make_probe
-from .gpu_nodes import cuda_visible_devices, gpu_node_id, group_gpus, select_gpus
+from .gpu_nodes import cuda_visible_devices, gpu_node_id, gpu_url, group_gpus, select_gpus
 from .heartbeat import Heartbeat, NodeInfo
 from .metrics import DURATION_BUCKETS_S, serve_worker_metrics
 from .node_worker import NodeWorker
 from .stats import NodeStats
 from .supervisor import MAX_RESTART_BACKOFF_S, RESTART_BACKOFF_S, Child, supervise
 
+if TYPE_CHECKING:  # the forwarder's modules need httpx, which only the `openai` extra installs
+    from .forwarder.server import OpenAIServer, ServerWatch
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOW = ("gpufleet.worker.tasks",)
+DEFAULT_CONCURRENCY = 64  # a forwarder's requests in flight (worker --concurrency)
 T = TypeVar("T")
 EXIT_TAKEN_OVER = 3  # another process runs this node id: stop, and do not restart
 
@@ -65,6 +70,18 @@ class WorkerOptions:
     burst: bool = False  # exit once the node queue is empty (tests, one-shot runs)
     metrics_port: int = 0  # serve Prometheus metrics on this port; 0: off
     devices: tuple[GpuDevice, ...] | None = None  # the GPUs this node owns; None: all NVML sees
+    openai: OpenAIServer | None = None  # a forwarder: the server its requests go to (worker --openai-url)
+    concurrency: int = DEFAULT_CONCURRENCY  # a forwarder: requests in flight at once (its capacity)
+
+    @property
+    def slots(self) -> int:
+        """Slot processes: `capacity` of them, or one for a forwarder (its requests share a loop)."""
+        return 1 if self.openai else self.capacity
+
+    @property
+    def holds(self) -> int:
+        """Jobs the node holds at once, as its heartbeat says: one per slot, or per request."""
+        return self.concurrency if self.openai else self.capacity
 
 
 def default_node_id() -> str:
@@ -83,24 +100,28 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     if report != RequeueReport():
         log.warning("an earlier process of this node left jobs, handed back node=%s requeued=%d retried=%d "
                     "failed=%d", opts.node_id, report.requeued, report.retried, report.failed)  # fmt: skip
-    stats = NodeStats(slots=opts.capacity, buckets=DURATION_BUCKETS_S)
+    stats = NodeStats(slots=opts.holds, buckets=DURATION_BUCKETS_S)
     if opts.metrics_port:  # from this process: the slots share `stats`, so it sees all of them
         serve_worker_metrics(opts.metrics_port, opts.node_id, stats)
     probe = make_probe(opts.probe, lambda: stats.last_busy_fraction, devices=opts.devices)
-    info = NodeInfo(opts.node_id, capacity=opts.capacity, speed=opts.sim_speed, weight=opts.weight,
-                    incarnation=incarnation)  # fmt: skip
+    info = NodeInfo(opts.node_id, capacity=opts.holds, speed=opts.sim_speed, weight=opts.weight,
+                    incarnation=incarnation, backend=OPENAI if opts.openai else PYTHON)  # fmt: skip
+    server = _watch(opts.openai, settings.heartbeat_interval_s) if opts.openai else None
     heartbeat = Heartbeat(scripts, info, stats, probe, interval_s=settings.heartbeat_interval_s,
-                          ttl_s=settings.heartbeat_ttl_s,
-                          on_taken_over=lambda: os.kill(os.getpid(), signal.SIGTERM))  # fmt: skip
+                          ttl_s=settings.heartbeat_ttl_s, on_taken_over=lambda: os.kill(os.getpid(), signal.SIGTERM),
+                          server=server)  # fmt: skip
     if not _once_redis_answers(opts.node_id, heartbeat.beat):  # alive before the first job can be routed here
         raise NodeTakenOver(opts.node_id)
     heartbeat.start()
-    log.info("worker started node=%s incarnation=%s probe=%s speed=%g capacity=%d", opts.node_id, incarnation,
-             probe.name, opts.sim_speed, opts.capacity)  # fmt: skip
+    log.info("worker started node=%s incarnation=%s probe=%s speed=%g capacity=%d%s", opts.node_id, incarnation,
+             probe.name, opts.sim_speed, opts.holds,
+             f" openai={opts.openai.base_url}" if opts.openai else "")  # fmt: skip
     try:
         final = supervise_slots(settings, opts, stats, incarnation)
     finally:
         heartbeat.stop()
+        if server:
+            server.stop()
         try:  # liveness gone: the dispatcher hands back whatever is still queued here
             scripts.release_node(keys.alive(opts.node_id), keys.drain_flag(opts.node_id), incarnation,
                                  stop_mark(incarnation))  # fmt: skip
@@ -143,7 +164,7 @@ def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats, i
     keys = Keys(settings.namespace)
     scripts = Scripts(r, keys)
     level = logging.getLogger().getEffectiveLevel()
-    slots = {f"{opts.node_id}-slot{slot}": slot for slot in range(opts.capacity)}
+    slots = {f"{opts.node_id}-slot{slot}": slot for slot in range(opts.slots)}
     children = [Child(name, work_slot, (settings, opts, stats, slot, incarnation, level))
                 for name, slot in slots.items()]  # fmt: skip
 
@@ -192,9 +213,9 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
                 log.info("redis reachable again, slot starts over node=%s slot=%d handed_back=%d", opts.node_id,
                          slot, report.requeued + report.retried + report.failed)  # fmt: skip
                 down, backoff_s = False, RESTART_BACKOFF_S
-            worker = NodeWorker([queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats, slot=slot,
-                                node_id=opts.node_id, settings=settings, taker=taker,
-                                name=worker_name(opts.node_id, holder))  # fmt: skip
+            worker = _slot_worker(opts, [queue], connection=r, serializer=SERIALIZER, job_class=cls, stats=stats,
+                                  slot=slot, node_id=opts.node_id, settings=settings, taker=taker,
+                                  name=worker_name(opts.node_id, holder))  # fmt: skip
             worker.work(burst=opts.burst, logging_level=rq_level)
             lost = worker.redis_lost
         except REDIS_DOWN as e:
@@ -214,6 +235,24 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
         backoff_s = min(MAX_RESTART_BACKOFF_S, backoff_s * 2)
 
 
+def _slot_worker(opts: WorkerOptions, *args: Any, **kwargs: Any) -> NodeWorker:
+    """A slot's rq worker: a forwarder when the node forwards to an OpenAI server."""
+    if opts.openai is None:
+        return NodeWorker(*args, **kwargs)
+    from .forwarder.loop import ForwarderWorker  # needs httpx: the `openai` extra
+
+    return ForwarderWorker(*args, server=opts.openai, concurrency=opts.concurrency, **kwargs)
+
+
+def _watch(server: OpenAIServer, interval_s: float) -> ServerWatch:
+    """The forwarder's server, watched for the heartbeat from now on."""
+    from .forwarder.server import ServerWatch
+
+    watch = ServerWatch(server, interval_s)
+    watch.start()
+    return watch
+
+
 def run_gpu_nodes(settings: Settings, opts: WorkerOptions, gpus: str, gpus_per_node: int = 1) -> None:
     """One node per GPU (or per `gpus_per_node` GPUs) named `<node_id>-gpu<N>`, each a child
     process pinned with CUDA_VISIBLE_DEVICES and restarted if it dies; a dead child's jobs are
@@ -222,8 +261,9 @@ def run_gpu_nodes(settings: Settings, opts: WorkerOptions, gpus: str, gpus_per_n
     level = logging.getLogger().getEffectiveLevel()
     children = []
     for i, group in enumerate(groups):
+        server = opts.openai and replace(opts.openai, base_url=gpu_url(opts.openai.base_url, group))
         node_opts = replace(opts, node_id=gpu_node_id(opts.node_id, group), devices=group,
-                            metrics_port=opts.metrics_port + i if opts.metrics_port else 0)  # fmt: skip
+                            metrics_port=opts.metrics_port + i if opts.metrics_port else 0, openai=server)  # fmt: skip
         children.append(Child(node_opts.node_id, _serve_node, (settings, node_opts, level),
                               env=(("CUDA_VISIBLE_DEVICES", cuda_visible_devices(group)),)))  # fmt: skip
     log.info("gpu nodes starting nodes=%s", ",".join(c.name for c in children))

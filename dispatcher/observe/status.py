@@ -26,7 +26,7 @@ from typing import Any
 from redis import Redis
 
 from ..fleet.snapshot import read_nodes
-from ..routing.models import NodeState
+from ..routing.models import OPENAI, NodeState
 from ..settings import FORGET_DEAD_AFTER_S
 from ..store.keys import PRIORITIES, Keys
 
@@ -162,6 +162,9 @@ def read_status(r: Redis, keys: Keys, *, forget_dead_after_s: float = FORGET_DEA
                 "gpu_count": n.gpu_count,
                 "gpu_name": n.gpu_name,
                 "models": list(n.models),
+                "backend": n.backend,
+                **({"server_waiting": n.server_waiting, "kv_cache_usage": round(n.kv_cache_usage, 4)}
+                   if n.backend == OPENAI else {}),
                 "probe": n.probe,
                 "health_reason": n.health_reason,
                 "gpus": [gpu_record(g) for g in gpu_list(n.gpus_json)],

@@ -74,6 +74,8 @@ class NodeState(NamedTuple):
     weight: float = 1.0  # static weight for weighted round robin
     models: tuple[str, ...] = ()
     backend: str = PYTHON  # what its workers run: Python functions, or OpenAI requests forwarded to a server
+    server_waiting: int = 0  # a forwarder's server: requests in its own queue (from its /metrics)
+    kv_cache_usage: float = 0.0  # a forwarder's server: KV-cache use, 0..1 (from its /metrics)
     gpus_json: str = ""  # the heartbeat's per-GPU list, as sent (parsed only where it is shown)
     probe: str = ""
     version: str = ""
@@ -143,6 +145,8 @@ class NodeState(NamedTuple):
             weight=max(0.0, _float(h, "weight", 1.0)),
             models=tuple(m for m in h.get("models", "").split(",") if m),
             backend=h.get("backend") or PYTHON,
+            server_waiting=_int(h, "server_waiting", 0),
+            kv_cache_usage=_ratio(h, "kv_cache_usage"),
             gpus_json=h.get("gpus", ""),
             heartbeat_age_s=max(0.0, now_s - sent_at),
             incarnation=incarnation,

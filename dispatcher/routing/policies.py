@@ -17,7 +17,7 @@ from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any, Protocol
 
 from ..errors import SettingsError
-from .models import JobSpec, NodeState
+from .models import OPENAI, JobSpec, NodeState
 
 
 class Policy(Protocol):
@@ -36,11 +36,13 @@ def eligible(job: JobSpec, nodes: Sequence[NodeState]) -> list[NodeState]:
 def candidates(job: JobSpec, nodes: Sequence[NodeState]) -> list[NodeState]:
     """The nodes a policy picks among: the eligible ones, narrowed to those that hold the
     job's `model` loaded when any does (a warm start beats a cold load). The router's
-    late-binding bound is what spills a popular model over to cold nodes."""
+    late-binding bound is what spills a popular model over to cold nodes. A forwarded request
+    (backend OPENAI) goes only to nodes whose server lists its model: a forwarder cannot load
+    one, so with none among `nodes` it waits in the ingress."""
     found = eligible(job, nodes)
     if job.model is not None:
         warm = [n for n in found if job.model in n.models]
-        if warm:
+        if warm or job.backend == OPENAI:
             return warm
     return found
 
@@ -59,8 +61,10 @@ def service_rate(n: NodeState) -> float:
 
 def expected_delay_s(n: NodeState, load: int) -> float:
     """Seconds until one more job on `n` would finish while it holds `load` jobs (its own:
-    `n.load`): (load + 1) / service rate."""
-    return (load + 1) * n.service_time_s / n.capacity
+    `n.load`): (load + server_waiting + 1) / service rate. `server_waiting` is 0 but on a
+    forwarder whose server exports its own queue (vLLM's num_requests_waiting): requests that
+    wait there, whoever sent them, are ahead of one more; a saturated server looks so at once."""
+    return (load + n.server_waiting + 1) * n.service_time_s / n.capacity
 
 
 def _by_id(nodes: Sequence[NodeState]) -> list[NodeState]:
@@ -211,25 +215,29 @@ class ShortestResponseTime(LowestScore):
 
 @dataclass
 class LoadAware:
-    """The article's AI load-aware weight W = 1 / (alpha*gpu + beta*mem + gamma), drawn in
-    proportion: a weighted draw rather than argmax, so nodes whose utilization figures are a
-    heartbeat old do not all lose (or win) at once."""
+    """The article's AI load-aware weight W = 1 / (alpha*gpu + beta*mem + gamma + kv*kv_cache),
+    drawn in proportion: a weighted draw rather than argmax, so nodes whose utilization figures
+    are a heartbeat old do not all lose (or win) at once. `kv_cache` is a forwarder's server's
+    KV-cache use, 0..1 (llm-d's KV-cache scorer's signal: a full cache preempts or queues); 0 on
+    every other node, where W is the article's."""
 
     alpha: float = 0.6
     beta: float = 0.3
     gamma: float = 0.1
+    kv: float = 0.5
     rng: random.Random = field(default_factory=random.Random)
     name = "load-aware"
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.beta < 0:
-            raise SettingsError(f"load-aware: alpha and beta must be >= 0 (got alpha={self.alpha}, beta={self.beta})")
+        if self.alpha < 0 or self.beta < 0 or self.kv < 0:
+            raise SettingsError(f"load-aware: alpha, beta and kv must be >= 0 (got alpha={self.alpha}, "
+                                f"beta={self.beta}, kv={self.kv})")  # fmt: skip
         if self.gamma <= 0:
             raise SettingsError(f"load-aware: gamma must be > 0, or an idle node's weight is infinite "
                                 f"(got {self.gamma})")  # fmt: skip
 
     def weight(self, n: NodeState) -> float:
-        return 1.0 / (self.alpha * n.gpu_util + self.beta * n.mem_util + self.gamma)
+        return 1.0 / (self.alpha * n.gpu_util + self.beta * n.mem_util + self.gamma + self.kv * n.kv_cache_usage)
 
     def choose(self, job: JobSpec, nodes: Sequence[NodeState]) -> str | None:
         found = _by_id(candidates(job, nodes))
@@ -294,6 +302,7 @@ def make_policy(
     alpha: float = 0.6,
     beta: float = 0.3,
     gamma: float = 0.1,
+    kv: float = 0.5,
     rng: random.Random | None = None,
 ) -> Policy:
     """The policy called `name`, configured; SettingsError names the choices when it is unknown."""
@@ -309,7 +318,7 @@ def make_policy(
     if name == "shortest-response-time":
         return ShortestResponseTime()
     if name == "load-aware":
-        return LoadAware(alpha=alpha, beta=beta, gamma=gamma, rng=rng)
+        return LoadAware(alpha=alpha, beta=beta, gamma=gamma, kv=kv, rng=rng)
     if name == "power-of-two":
         return PowerOfTwo(rng=rng)
     if name == "shortest-expected-delay":

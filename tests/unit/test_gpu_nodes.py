@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from gpufleet.cli.main import cli
 from gpufleet.dispatcher.errors import SettingsError
 from gpufleet.worker.gpu import GpuDevice
-from gpufleet.worker.gpu_nodes import cuda_visible_devices, gpu_node_id, group_gpus, select_gpus
+from gpufleet.worker.gpu_nodes import cuda_visible_devices, gpu_node_id, gpu_url, group_gpus, select_gpus
 
 
 def gpu(label: str) -> GpuDevice:
@@ -75,3 +75,11 @@ def test_the_worker_command_refuses_a_bad_gpu_layout_before_starting_anything(
     result = CliRunner().invoke(cli, ["--redis-url", "redis://127.0.0.1:1/0", "worker", *args])
     assert (result.exit_code, message in result.output) == (code, True), result.output
     assert "Traceback" not in result.output
+
+
+def test_a_forwarder_url_names_each_gpu_node_s_own_server() -> None:
+    """`--openai-url http://127.0.0.1:{8000+gpu}/v1` with --gpus: node gpu3 reaches port 8003."""
+    gpus = [GpuDevice(str(i), i, None, f"GPU-{i}", "H200") for i in range(4)]
+    assert gpu_url("http://127.0.0.1:{8000+gpu}/v1", gpus[3:]) == "http://127.0.0.1:8003/v1"
+    assert gpu_url("http://gpu{gpu}.local/v1", gpus[2:4]) == "http://gpu2.local/v1"  # a group: its first GPU
+    assert gpu_url("http://127.0.0.1:8000/v1", gpus[1:]) == "http://127.0.0.1:8000/v1"

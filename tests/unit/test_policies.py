@@ -23,6 +23,7 @@ from gpufleet.dispatcher.routing.policies import (
     WeightedRoundRobin,
     candidates,
     eligible,
+    expected_delay_s,
     make_policy,
 )
 
@@ -186,6 +187,28 @@ def test_load_aware_draws_in_proportion_to_its_weight() -> None:
     nodes = [node("busy", gpu_util=1.0, mem_util=1.0), node("idle")]
     picks = Counter(la.choose(JOB, nodes) for _ in range(11_000))
     assert 8.5 < picks["idle"] / picks["busy"] < 11.5
+
+
+def test_load_aware_weighs_a_forwarders_kv_cache_use() -> None:
+    """Same GPU figures, one server's KV cache full: weight 1/(0.1 + 0.5) against 1/0.1, so the
+    full one gets about 1 pick in 7; with kv=0 both weigh the same. A negative kv is refused."""
+    la = LoadAware(rng=random.Random(5))
+    nodes = [node("full", kv_cache_usage=1.0), node("empty")]
+    assert la.weight(nodes[0]) == pytest.approx(1 / 0.6) and la.weight(nodes[1]) == pytest.approx(10.0)
+    picks = Counter(la.choose(JOB, nodes) for _ in range(7_000))
+    assert 5.0 < picks["empty"] / picks["full"] < 7.5
+    assert LoadAware(kv=0.0).weight(nodes[0]) == LoadAware(kv=0.0).weight(nodes[1])
+    with pytest.raises(SettingsError, match="kv"):
+        make_policy("load-aware", kv=-0.1)
+
+
+def test_expected_delay_counts_the_requests_waiting_in_a_forwarders_server() -> None:
+    """Two forwarders, same speed and load; one server has 6 requests in its own queue: one
+    more request finishes sooner on the other, and the delay counts them as load."""
+    nodes = [node("busy-server", capacity=4, service_time_s=1.0, server_waiting=6),
+             node("idle-server", capacity=4, service_time_s=1.0)]  # fmt: skip
+    assert ShortestExpectedDelay().choose(JOB, nodes) == "idle-server"
+    assert expected_delay_s(nodes[0], 0) == pytest.approx(7 / 4) and expected_delay_s(nodes[1], 0) == 0.25
 
 
 def test_make_policy_knows_every_name_and_defaults_to_shortest_expected_delay() -> None:

@@ -169,3 +169,16 @@ def test_a_job_goes_only_to_nodes_of_its_backend() -> None:
     assert router.route([("o9", JobSpec(func="", backend=OPENAI))], [node("py")])[0] == []
     assert needs_spec(needs_field(JobSpec(func="x:y", backend=OPENAI))).backend == OPENAI
     assert needs_field(JobSpec(func="x:y")) == ""  # a Python job's needs stay empty: the common case
+
+
+def test_a_forwarded_request_goes_only_to_servers_that_list_its_model() -> None:
+    """Given the one forwarder whose server lists the model full, a request for that model waits
+    in the ingress rather than spill to a forwarder whose server does not serve it (a Python
+    node may load a model cold; a forwarder cannot)."""
+    nodes = [node("emb", capacity=1, backend=OPENAI, models=("minilm",)),
+             node("chat", capacity=4, backend=OPENAI, models=("llama",))]  # fmt: skip
+    request = JobSpec(func="", model="minilm", backend=OPENAI)
+    moves, _ = Router(LeastConnections(), prefetch=0).route(jobs(3, request), nodes)
+    assert moves == [("j0", "emb")]
+    nobody = JobSpec(func="", model="gpt-x", backend=OPENAI)
+    assert Router(LeastConnections(), prefetch=0).route(jobs(1, nobody), nodes)[0] == []
