@@ -77,7 +77,8 @@ def host_busy_s() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
-def _ts(iso: str) -> float:
+def iso_epoch_s(iso: str) -> float:
+    """An rq timestamp (ISO 8601, UTC) as seconds since the epoch."""
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
@@ -114,7 +115,7 @@ def run_policy(r: Redis, url: str, policy: str, plan: list[tuple[float, float]],
     records = list(iter_results(r, keys, batch))
     measured = latencies_by_node(records[int(warmup * len(records)):])
     lat = sorted(v for values in measured.values() for v in values)
-    enq, end = ([_ts(x[f]) for x in records if x.get(f)] for f in ("enqueued_at", "ended_at"))
+    enq, end = ([iso_epoch_s(x[f]) for x in records if x.get(f)] for f in ("enqueued_at", "ended_at"))
     ran = {n.node_id: sum(1 for x in records if x.get("node") == n.node_id) for n in NODES}
     return {
         "policy": policy, "jobs": len(records), "finished": sum(x["status"] == "finished" for x in records),
