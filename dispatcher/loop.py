@@ -2,7 +2,10 @@
 
 The only loop in the dispatcher. Jobs are read from the head of each ingress (high, then
 normal, then low), routed by the Router over the latest node snapshot plus what this loop
-sent since, and moved with one Lua call per batch.
+sent since, minus the runs that ended since (each worker's record step counts them in
+keys.dispatch_ended, which the snapshot resets atomically), and moved with one Lua call per
+batch. So the in-flight counts are exact between snapshots: an idle fleet routes a job the
+moment it is submitted, whatever ran before.
 """
 
 from __future__ import annotations
@@ -60,10 +63,9 @@ class Dispatcher:
         self._clock = clock
         self.health = Health(r, self._keys, self._scripts, settings)
         self.lease = Lease(r, self._keys, self._scripts, settings.lease_ttl_s, clock=clock)
-        self._reader = NodeReader(r, self._keys)  # keeps parsed heartbeats between refreshes
+        self._reader = NodeReader(r, self._keys, resets_ended=True)  # keeps parsed heartbeats between refreshes
         self._nodes: list[NodeState] = []
         self._snapshot_at = float("-inf")
-        self._recount = False  # a job ended while jobs waited: re-read the nodes before the next round
         self._waiting_for_nodes = False
         self._rounds = 0
         self.moved_total = 0
@@ -88,18 +90,16 @@ class Dispatcher:
         fresh = self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s
         if fresh:
             self.refresh()
-        elif self._recount:  # a slot freed up: current counts now, the health pass on its interval
-            self._nodes = self._reader.read()
-            fresh = True
-        self._recount = False
+        else:
+            self._take_ended()
         moved = waiting = 0
         started, moved_to = time.perf_counter(), list[str]()  # for the metrics, when on
         self._rounds += 1
         order = priority_order(self._rounds, self._settings.low_share)
         room = self.router.free_room(self._nodes)  # None: a node is unbounded
         batch = self._settings.dispatch_batch
-        if room == 0:  # no room anywhere: read no job
-            return self._finish(fresh, started, moved_to, 0, sum(self._depths(order)))
+        if room == 0:  # no room anywhere: read no job (how many wait matters to the report only)
+            return self._finish(fresh, started, moved_to, 0, sum(self._depths(order)) if fresh else 0)
         for priority, jobs in zip(order, self._read_heads(order, batch if room is None else min(room, batch))):
             slots = batch if room is None else min(room, batch)
             if not jobs:
@@ -128,6 +128,15 @@ class Dispatcher:
         if fresh:  # judge "no live node" on a snapshot taken now, not one from before a node started
             self._report(moved, waiting)
         return Round(moved, waiting)
+
+    def _take_ended(self) -> None:
+        """Take off the runs that ended since the last read or take (one MULTI: read and reset)."""
+        with self._r.pipeline(transaction=True) as p:
+            p.hgetall(self._keys.dispatch_ended)
+            p.delete(self._keys.dispatch_ended)
+            counts = p.execute()[0]
+        if counts:
+            self._nodes = self.router.ended(self._nodes, {read_id(k): int(v) for k, v in counts.items()})
 
     def _read_heads(self, priorities: Sequence[str], count: int) -> list[list[tuple[str, JobSpec]]]:
         """The first `count` job ids of each ingress with what routing needs of each job, in
@@ -186,15 +195,14 @@ class Dispatcher:
 
     def _pause(self, stop: threading.Event, rnd: Round | None) -> None:
         """Wait before the next round: not at all after moving jobs; else until a submit or a
-        job's end wakes us (a job ending frees a slot) or the next snapshot is due."""
+        job's end wakes us (a job ending frees a slot, which the next round takes off) or the
+        next snapshot is due."""
         if rnd is None:  # standing by
             stop.wait(self._settings.lease_ttl_s / 3)
             return
         if rnd.moved:
             return
-        woken = self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
-        if woken and rnd.waiting:  # a slot may have freed up: look at the nodes again now
-            self._recount = True
+        self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
 
 
 def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:

@@ -329,7 +329,7 @@ class NodeWorker(SimpleWorker):
         self.set_state(WorkerStatus.IDLE, pipeline=mine)
         take = self._may_take_next()
         with self.connection.pipeline() as p:
-            self.scripts.apply_fenced(p, self.queues[0].name, writes)
+            self.scripts.apply_fenced(p, self.node_id, writes)
             if take:
                 self.scripts.take_job(self.taker, pipeline=p)
             replies = p.execute()
@@ -360,7 +360,7 @@ class NodeWorker(SimpleWorker):
             self._record_failure(p, job, exc_string, execution)
         self.cleanup_execution(job, pipeline=writes.group(), execution=execution)
         with self.connection.pipeline(transaction=False) as run:
-            self.scripts.apply_fenced(run, self.queues[0].name, writes)
+            self.scripts.apply_fenced(run, self.node_id, writes)
             applied = bool(run.execute()[0][0])
         if applied and delay_s is not None:
             log.info("job retry scheduled job=%s attempt=%d in=%.2fs", job.id, attempt, delay_s)

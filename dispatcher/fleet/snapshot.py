@@ -6,7 +6,9 @@ read keys named after each member; nil when absent). The liveness key's value is
 incarnation running the node, which also tells whether a stop mark still drains it
 (node_claim.drains). Round trip 2, one pipeline: per node the
 queue length (LLEN) and jobs running (ZCARD of rq's started registry), both current, unlike
-the heartbeat; plus HGETALL of the heartbeats not seen before or whose `ts` moved. A heartbeat
+the heartbeat; plus HGETALL of the heartbeats not seen before or whose `ts` moved. The
+dispatcher's reader also resets the runs-ended counts (keys.dispatch_ended) in one MULTI with
+the counts, so what it reads there later is exactly what ended after this read. A heartbeat
 rewrites the whole HASH with a new `ts` (worker/heartbeat.py), so an unchanged `ts` means an
 unchanged HASH. With nodes beating every second and a refresh every 150 ms, most refreshes
 fetch and parse a seventh of the hashes.
@@ -47,12 +49,13 @@ class _Heartbeat:
 class NodeReader:
     """Reads the fleet's nodes, keeping each parsed heartbeat until the node beats again.
 
-    One per dispatcher (its cache is what makes a refresh cheap); `read_nodes` is the one-shot
-    form for everyone else.
+    One per dispatcher (its cache is what makes a refresh cheap), made with `resets_ended`;
+    `read_nodes` is the one-shot form for everyone else, which leaves the counts alone.
     """
 
-    def __init__(self, r: Redis, keys: Keys) -> None:
+    def __init__(self, r: Redis, keys: Keys, *, resets_ended: bool = False) -> None:
         self._r, self._keys = r, keys
+        self._resets_ended = resets_ended
         self._seen: dict[str, _Heartbeat] = {}
         self._node_keys: dict[str, tuple[str, str, str]] = {}
         self._packed_ids: list[str] = []  # the nodes whose count commands `_packed` holds
@@ -68,7 +71,7 @@ class NodeReader:
         """All nodes that ever sent a heartbeat, sorted by id: heartbeat, liveness, queue length,
         drain and eject flags, and jobs running (rq's started registry, so current)."""
         if not self._sortable:
-            return read_nodes_per_key(self._r, self._keys, now_s)
+            return read_nodes_per_key(self._r, self._keys, now_s, resets_ended=self._resets_ended)
         reply = cast(list[Any], self._r.sort(self._keys.nodes, by="nosort", get=self._gets))
         rows = sorted(zip(*[iter(reply)] * 5))  # by id: UTF-8 byte order is code point order
         if not rows:
@@ -117,7 +120,9 @@ class NodeReader:
         try:
             if ids != self._packed_ids:
                 pairs = [(("LLEN", q), ("ZCARD", s)) for q, s, _ in map(self._keys_of, ids)]
-                commands = [command for pair in pairs for command in pair]
+                commands: list[tuple[str, ...]] = [command for pair in pairs for command in pair]
+                if self._resets_ended:
+                    commands = [("MULTI",), *commands, ("DEL", self._keys.dispatch_ended), ("EXEC",)]
                 self._packed = b"".join(conn.pack_commands(commands))
                 self._packed_ids = list(ids)
             hgetall = self._hgetall
@@ -125,7 +130,12 @@ class NodeReader:
                 if node_id not in hgetall:
                     hgetall[node_id] = b"".join(conn.pack_command("HGETALL", self._keys_of(node_id)[2]))
             conn.send_packed_command([b"".join([self._packed, *(hgetall[node_id] for node_id in fetch)])])
-            counts = [conn.read_response() for _ in range(2 * len(ids))]
+            if self._resets_ended:  # OK, QUEUED per command, then EXEC's replies: the counts and DEL's
+                for _ in range(2 * len(ids) + 2):
+                    conn.read_response()
+                counts = conn.read_response()[:-1]
+            else:
+                counts = [conn.read_response() for _ in range(2 * len(ids))]
             hashes = [_as_dict(conn.read_response()) for _ in fetch]
         except BaseException:
             conn.disconnect()
@@ -149,12 +159,13 @@ def read_nodes(r: Redis, keys: Keys, now_s: float | None = None) -> list[NodeSta
     return NodeReader(r, keys).read(now_s)
 
 
-def read_nodes_per_key(r: Redis, keys: Keys, now_s: float | None = None) -> list[NodeState]:
+def read_nodes_per_key(r: Redis, keys: Keys, now_s: float | None = None, *, resets_ended: bool = False
+                       ) -> list[NodeState]:  # fmt: skip
     """The same as `read_nodes`, one command per key: for a namespace SORT's patterns cannot name."""
     node_ids = sorted(as_text(m) for m in r.smembers(keys.nodes))
     if not node_ids:
         return []
-    with r.pipeline(transaction=False) as p:
+    with r.pipeline(transaction=resets_ended) as p:
         for node_id in node_ids:
             p.hgetall(keys.heartbeat(node_id))
             p.get(keys.alive(node_id))
@@ -162,7 +173,9 @@ def read_nodes_per_key(r: Redis, keys: Keys, now_s: float | None = None) -> list
             p.get(keys.drain_flag(node_id))
             p.exists(keys.ejected(node_id))
             p.zcard(Keys.rq_started(keys.node_queue(node_id)))
-        replies = p.execute()
+        if resets_ended:
+            p.delete(keys.dispatch_ended)
+        replies = p.execute()[:6 * len(node_ids)]
     now_s = time.time() if now_s is None else now_s
     return [
         NodeState.from_hash(node_id, decode_hash(hb), alive=alive is not None, queued=int(queued),

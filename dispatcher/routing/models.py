@@ -92,8 +92,12 @@ class NodeState(NamedTuple):
         return self.queued + self.running
 
     def with_extra_load(self, n_jobs: int) -> NodeState:
-        """This node with `n_jobs` more queued: what the dispatcher sent since the heartbeat."""
-        return self.refreshed(self.alive, self.draining, self.ejected, self.queued + n_jobs, self.running,
+        """This node with `n_jobs` more queued: what the dispatcher sent since the read. A
+        negative `n_jobs` is runs that ended since: each freed slot takes a queued job, so the
+        queue shrinks first, then the jobs running."""
+        queued = self.queued + n_jobs
+        running = self.running + min(0, queued)
+        return self.refreshed(self.alive, self.draining, self.ejected, max(0, queued), max(0, running),
                               self.heartbeat_age_s, self.incarnation)  # fmt: skip
 
     def refreshed(self, alive: bool, draining: bool, ejected: bool, queued: int, running: int,

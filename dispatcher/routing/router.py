@@ -1,5 +1,5 @@
 """Routes a batch of ingress jobs over a node snapshot: late binding, in-flight accounting
-and session persistence.
+(placements added, runs that ended since taken off) and session persistence.
 
 Pure, like the policies it drives: the dispatcher loop and the simulator share it.
 """
@@ -68,6 +68,16 @@ class Router:
             if node_id is not None:
                 moves.append((job_id, node_id))
         return moves, placement.nodes()
+
+    def ended(self, nodes: Sequence[NodeState], counts: Mapping[str, int]) -> list[NodeState]:
+        """The nodes with runs that ended since they were read taken off: `counts` is runs
+        ended per node id (ids not in `nodes` are ignored: a node that joined since, which the
+        next read brings in). What a round calls between two reads, so a node is never full
+        for jobs that already ended."""
+        placement = self._placement(nodes)
+        for node_id, n_ended in counts.items():
+            placement.release(node_id, n_ended)
+        return placement.nodes()
 
     def free_room(self, nodes: Sequence[NodeState]) -> int | None:
         """How many more jobs the accepting nodes may hold (late binding), or None when one of
@@ -166,6 +176,23 @@ class Placement:
             else:
                 ranking.rescore(node_id, load)
         return node_id
+
+    def release(self, node_id: str, n_ended: int) -> None:
+        """`n_ended` runs ended on `node_id`: its load and held count drop (never below 0), and
+        a node that was full takes work again."""
+        if node_id not in self._state or n_ended <= 0:
+            return
+        self._placed.add(node_id)
+        self._load[node_id] = max(0, self._load[node_id] - n_ended)
+        before = self._held[node_id]
+        held = self._held[node_id] = max(0, before - n_ended)
+        limit = self._limit[node_id]
+        if limit is not None:
+            if self.free_room is not None and self._state[node_id].accepting:
+                self.free_room += max(0, limit - held) - max(0, limit - before)
+            if held < limit and node_id not in self._open:  # open again, in state order (policies break ties by it)
+                self._open = {i: None for i in self._state if i == node_id or i in self._open}
+        self._ranking = None  # re-ranked at the next job with no needs: the node's score changed
 
     def _room(self) -> list[NodeState]:
         """The records of the nodes with room, placements so far included."""

@@ -115,6 +115,12 @@ class Keys:
     def dispatch_wakeup(self) -> str:  # LIST of <= 1 token: submits and job ends wake a waiting dispatcher
         return f"{self.namespace}:dispatch:wakeup"
 
+    @property
+    def dispatch_ended(self) -> str:
+        # HASH node id -> runs that ended there since the dispatcher's last read (the record step
+        # counts each in the same atomic step as its outcome); the dispatcher reads and resets it
+        return f"{self.namespace}:dispatch:ended"
+
     @staticmethod
     def rq_queue(name: str) -> str:  # LIST of job ids (rq's own key)
         return f"rq:queue:{name}"

@@ -201,11 +201,13 @@ class Scripts:
         keys = [Keys.rq_queue(taker.node_queue), taker.held, taker.wakeup]
         return bool(self._run["put_back_job"](keys=keys, args=[job_id]) == 1)
 
-    def apply_fenced(self, pipeline: Pipeline, node_queue: str, writes: FencedWrites) -> None:
-        """Queue on `pipeline` the writes, each group only while its member is in `node_queue`'s
-        started registry (see apply_fenced.lua); the reply is 1 (applied) or 0 (late) per group.
-        EVAL with the source, as take_job (it shares a transaction with take_job)."""
-        pipeline.eval(_SOURCES["apply_fenced"], 1, Keys.rq_started(node_queue), *writes.args())
+    def apply_fenced(self, pipeline: Pipeline, node_id: str, writes: FencedWrites) -> None:
+        """Queue on `pipeline` the writes, each group only while its member is in the started
+        registry of `node_id`'s queue, counting the runs that ended for the dispatcher (see
+        apply_fenced.lua); the reply is 1 (applied) or 0 (late) per group. EVAL with the source,
+        as take_job (it shares a transaction with take_job)."""
+        keys = [Keys.rq_started(self._keys.node_queue(node_id)), self._keys.dispatch_ended]
+        pipeline.eval(_SOURCES["apply_fenced"], len(keys), *keys, node_id, *writes.args())
 
     def start_jobs(self, pipeline: Pipeline, start: JobStart) -> None:
         """Queue on `pipeline` the start of `start.jobs` (see start_jobs.lua); the reply is

@@ -1,9 +1,8 @@
-"""The dispatch loop's rounds against a real Redis: a job's end wakes a round that re-reads the
-nodes at once, while the health pass keeps to the snapshot interval."""
+"""The dispatch loop's rounds against a real Redis: a job's end wakes a round that sees the freed
+slot at once (the record step counts the end; no node re-read), while the health pass keeps to
+the snapshot interval."""
 
 from __future__ import annotations
-
-import threading
 
 import redis
 
@@ -14,10 +13,12 @@ from gpufleet.dispatcher.routing.policies import make_policy
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import wake_dispatcher
 from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.scripts import FencedWrites, Scripts
 from gpufleet.worker.gpu import Reading
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import StatsView
 from tests.conftest import write_heartbeat
+from tests.integration.test_take_next import node_worker
 
 
 def test_a_freed_slot_is_filled_at_once_without_an_extra_health_pass(r: redis.Redis, settings: Settings) -> None:
@@ -32,14 +33,38 @@ def test_a_freed_slot_is_filled_at_once_without_an_extra_health_pass(r: redis.Re
     d.health.check = lambda nodes, now_s=None: (checks.append(1), check(nodes, now_s))  # type: ignore[method-assign]
 
     assert d.dispatch_once().moved == 3  # capacity 1 + prefetch 2
-    node_queue = Keys.rq_queue(keys.node_queue("n1"))
-    r.lpop(node_queue)  # a worker took a job and finished it:
+    node_queue = keys.node_queue("n1")
+    job_id = r.lpop(Keys.rq_queue(node_queue))  # a worker took a job, ran it and recorded its end:
+    member = f"{job_id.decode()}:e1"
+    r.zadd(Keys.rq_started(node_queue), {member: 1})
+    writes = FencedWrites(r)
+    writes.group(member).zrem(Keys.rq_started(node_queue), member)
     with r.pipeline() as p:
-        wake_dispatcher(p, keys)  # ... which wakes the dispatcher
+        Scripts(r, keys).apply_fenced(p, "n1", writes)  # ... which counts the end for the dispatcher
+        wake_dispatcher(p, keys)  # ... and wakes it
         p.execute()
-    d._pause(threading.Event(), d.dispatch_once())  # the node is full: wait, and be woken
     assert d.dispatch_once().moved == 1  # the same instant: the freed slot is seen at once
-    assert len(checks) == 1  # by a node read alone: the health pass waits for its interval
+    assert d.dispatch_once().moved == 0  # and only that one
+    assert len(checks) == 1  # without a node read: the health pass waits for its interval
     now[0] += settings.snapshot_interval_s
     d.dispatch_once()
     assert len(checks) == 2
+
+
+def test_an_idle_node_takes_each_job_at_once_however_many_ran_before(r: redis.Redis, settings: Settings) -> None:
+    """One job at a time through a node that holds at most 3: each is routed in the round after
+    its submit, with no node re-read between (the clock stands still), because each end is
+    counted when recorded. Counting only placements between reads, the 4th would wait."""
+    keys = Keys(settings.namespace)
+    fields = heartbeat_fields(NodeInfo("n1"), StatsView(0, 0, 0, 1.0, 0.0), Reading("sim"))
+    write_heartbeat(r, keys, "n1", fields, ttl_s=60, incarnation="i1")
+    d = Dispatcher(r, settings, make_policy(settings.policy), clock=lambda: 0.0)
+    submitter = Submitter(r, settings)
+    for i in range(8):
+        batch = submitter.submit([JobSpec("gpufleet.worker.tasks:echo", i)]).batch_id
+        assert d.dispatch_once().moved == 1, f"job {i} was not routed"
+        node_worker(r, settings).work(burst=True)  # a real worker of n1 runs it and records it
+        assert r.hget(keys.batch_info(batch), "finished") == b"1"
+    assert r.hgetall(keys.dispatch_ended) == {b"n1": b"1"}  # the last end: the next round takes it off
+    d.dispatch_once()
+    assert not r.exists(keys.dispatch_ended)

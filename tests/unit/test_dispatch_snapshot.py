@@ -91,3 +91,18 @@ def test_a_refresh_derives_each_node_as_replace_would_from_its_parsed_heartbeat(
     assert parsed.with_extra_load(2) == parsed._replace(queued=3)
     with pytest.raises(AttributeError):
         parsed.queued = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("keys", [KEYS, Keys("t*")], ids=["sort", "per-key"])
+def test_only_the_dispatchers_reader_resets_the_ended_counts(keys: Keys) -> None:
+    """The dispatcher's read is the base its later end counts are taken off: it resets them in
+    the same atomic step as the counts; anyone else's read (status, top) leaves them alone."""
+    r = fakeredis.FakeRedis()
+    beat(r, "a", 0, 100.0, keys)
+    r.hset(keys.dispatch_ended, "a", 2)
+    NodeReader(r, keys).read(now_s=100.5)
+    read_nodes(r, keys, now_s=100.5)
+    assert r.hgetall(keys.dispatch_ended) == {b"a": b"2"}
+    nodes = NodeReader(r, keys, resets_ended=True).read(now_s=100.5)
+    assert not r.exists(keys.dispatch_ended)
+    assert nodes == read_nodes(r, keys, now_s=100.5)

@@ -182,3 +182,31 @@ def test_a_forwarded_request_goes_only_to_servers_that_list_its_model() -> None:
     assert moves == [("j0", "emb")]
     nobody = JobSpec(func="", model="gpt-x", backend=OPENAI)
     assert Router(LeastConnections(), prefetch=0).route(jobs(1, nobody), nodes)[0] == []
+
+
+def test_runs_that_ended_free_a_full_node_between_reads() -> None:
+    """Placements count as load until the next read; ends taken off meanwhile open the node again."""
+    router = Router(LeastConnections(), prefetch=2)
+    nodes = [node("a"), node("b", running=1, queued=2)]
+    moves, nodes = router.route(jobs(4), nodes)
+    assert [n for _, n in moves] == ["a", "a", "a"]  # a is full (3), b was full: the 4th waits
+    assert router.free_room(nodes) == 0
+    nodes = router.ended(nodes, {"b": 2, "gone": 5})  # a node the read did not bring: ignored
+    assert router.free_room(nodes) == 2
+    assert [(n.node_id, n.queued, n.running) for n in nodes] == [("a", 3, 0), ("b", 0, 1)]  # the queue moved up
+    moves, nodes = router.route(jobs(3), nodes)
+    assert [n for _, n in moves] == ["b", "b"]
+    nodes = router.ended(nodes, {"a": 9})  # more than it held: never below zero
+    assert [(n.node_id, n.load) for n in nodes] == [("a", 0), ("b", 3)]
+    moves, _ = router.route(jobs(1), nodes)
+    assert [n for _, n in moves] == ["a"]
+
+
+def test_an_end_re_ranks_nodes_for_the_next_job() -> None:
+    """After an end, the next job with no needs goes to the node the policy now prefers."""
+    router = Router(LeastConnections(), prefetch=8)
+    moves, nodes = router.route(jobs(4), [node("a"), node("b")])
+    assert [n for _, n in moves] == ["a", "b", "a", "b"]
+    nodes = router.ended(nodes, {"b": 2})
+    moves, _ = router.route(jobs(2), nodes)
+    assert [n for _, n in moves] == ["b", "b"]
