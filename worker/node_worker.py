@@ -1,11 +1,13 @@
 """NodeWorker: rq's SimpleWorker plus what a fleet node needs around each job.
 
-- taking: jobs move from the node queue into this process's held list (keys.held) by
-  token-checked scripts (take_job, claim_jobs), never by a bare BLMOVE, so a process that was
-  stopped or taken over cannot take what is no longer its node's; an idle worker waits on the
-  node's wake-up list, which the dispatcher fills when it routes jobs here;
-- starting: start_jobs starts only jobs still in the held list (the proof they are still
-  this process's), writing what rq's own start writes;
+- taking and starting: jobs leave the node queue only by token-checked scripts, never by a
+  bare BLMOVE, so a process that was stopped or taken over cannot take what is no longer its
+  node's. take_job takes a job and starts it in the same step (writing what rq's own start
+  writes): a busy worker takes its next job in the transaction that records the last, so a
+  job that runs alone costs one round trip; an idle worker waits on the node's wake-up list,
+  which the dispatcher fills when it routes jobs here. The other jobs of a batch (@batched)
+  move into this process's held list (keys.held, claim_jobs) and start_jobs starts only those
+  still held (the proof they are still this process's);
 - fencing: a result is written only if the job's execution is still in the started registry,
   that is, nobody handed the job back meanwhile (a node declared dead may finish a job that
   was already given to another node), checked in the same atomic step as the write
@@ -17,8 +19,8 @@
 - SIGINT/SIGTERM drain the node first (nothing new is routed here), then rq's warm shutdown
   lets the running job finish;
 - lean bookkeeping: each run (a job, or a batch of a task marked @batched) is started and
-  recorded in a few round trips (job_run.py), not rq's ~20; rq's own worker heartbeat and state
-  writes are skipped when they would change nothing.
+  recorded in one or two round trips (job_run.py), not rq's ~20; rq's own worker heartbeat and
+  state writes are skipped when they would change nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 from uuid import uuid4
 
@@ -37,7 +40,7 @@ from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import current_timestamp, now, utcformat
+from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
 from gpufleet.dispatcher.fleet.node_claim import stop_mark
@@ -46,7 +49,7 @@ from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
 from gpufleet.dispatcher.store.job import BatchCounter, FleetJob, wake_dispatcher
 from gpufleet.dispatcher.store.keys import JobField, Keys
-from gpufleet.dispatcher.store.scripts import FencedWrites, JobStart, Scripts, Taker, read_id
+from gpufleet.dispatcher.store.scripts import FencedWrites, JobStart, Scripts, StartStamp, Taker, TakeStart, read_id
 
 from . import context
 from .interrupts import RedisLost, TakenOver
@@ -79,7 +82,8 @@ class NodeWorker(SimpleWorker):
         self.taken_over = False
         self._rq_heartbeat_at = self._suspension_checked_at = float("-inf")
         self._models_reported = 0
-        self._taken: tuple[bytes, dict[bytes, bytes]] | None = None  # next job, taken with the last one recorded
+        self._taken: tuple[Job, Execution] | None = None  # next job, taken and started with the last one recorded
+        self._prestarted: dict[str, Execution] = {}  # jobs dequeued already started by their take: start() skips them
 
     # -- the loop -------------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
@@ -147,26 +151,26 @@ class NodeWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:  # fmt: skip
-        """The next job: the one the last record took (no round trip), else the head of the node
-        queue, waiting for one to be routed here unless in burst mode (timeout None)."""
+        """The next job, already started: the one the last record took and started (no round
+        trip), else the head of the node queue, taken and started in one step, waiting for one
+        to be routed here unless in burst mode (timeout None)."""
         with self._guarded():
             if self._taken is None:
                 self.set_state(WorkerStatus.IDLE)
                 self._taken = self._take(wait=timeout is not None)
                 if self._taken is None:
                     return None
-            (job_id, fields), self._taken = self._taken, None
-            job = self.job_class(read_id(job_id), connection=self.connection, serializer=self.serializer)
-            job.restore(fields)
+            (job, execution), self._taken = self._taken, None
+            self._prestarted[job.id] = execution
             job.redis_server_version = self.get_redis_server_version()
             self.heartbeat()
             return job, self.queues[0]
 
-    def _take(self, *, wait: bool) -> tuple[bytes, dict[bytes, bytes]] | None:
-        """Take the node queue's head into the held list, waiting on the node's wake-up list
-        while it is empty (unless not `wait`); None when empty and not waiting."""
+    def _take(self, *, wait: bool) -> tuple[Job, Execution] | None:
+        """Take and start the node queue's head, waiting on the node's wake-up list while it is
+        empty (unless not `wait`); None when empty and not waiting."""
         while True:
-            taken = self.take(1)
+            taken = self.take_started(1)
             if taken:
                 return taken[0]
             if not wait or self._stop_requested:
@@ -174,22 +178,46 @@ class NodeWorker(SimpleWorker):
             self.heartbeat()
             self.connection.blpop([self.taker.wakeup], timeout=IDLE_WAIT_S)
 
-    def take(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Up to `count` jobs from the node queue, into the held list: (id, job HASH) each."""
-        return self._kept(self.scripts.take_job(self.taker, count=count))
+    def take_started(self, count: int) -> list[tuple[Job, Execution]]:
+        """Up to `count` jobs from the node queue, taken and started in one step (one round trip)."""
+        start = self._take_start(count)
+        return self._started(self.scripts.take_job(self.taker, start), start)
 
-    def _kept(self, reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """The jobs a take_job reply holds; one line for each id dropped for want of its HASH."""
+    def _take_start(self, count: int) -> TakeStart:
+        """A take-and-start of up to `count` jobs, stamped now, with fresh execution ids."""
+        return TakeStart(self._stamp(), [uuid4().hex for _ in range(count)])
+
+    def _stamp(self) -> StartStamp:
+        at = now()
+        return StartStamp(worker=self.name, started_at=utcformat(at), now_ts=repr(at.timestamp()),
+                          monitoring_s=self.job_monitoring_interval)  # fmt: skip
+
+    def _started(self, reply: Any, start: TakeStart) -> list[tuple[Job, Execution]]:
+        """The jobs a take_job reply started, with their executions; one line for each id
+        dropped for want of its HASH."""
         if reply is None:
             raise self._taken_over()
-        kept = []
-        for job_id, fields in reply:
-            if fields:
-                kept.append((job_id, dict(zip(fields[::2], fields[1::2]))))
-            else:
+        started = []
+        at = datetime.fromtimestamp(float(start.stamp.now_ts), timezone.utc)
+        for (job_id, fields), execution_id in zip(reply, start.execution_ids):
+            if not fields:
                 log.warning("job data missing, id dropped from the node queue node=%s job=%s", self.node_id,
                             read_id(job_id))  # fmt: skip
-        return kept
+                continue
+            job = self.job_class(read_id(job_id), connection=self.connection, serializer=self.serializer)
+            job.restore(dict(zip(fields[::2], fields[1::2])))
+            started.append((job, self._execution(job, execution_id, at)))
+        if started:
+            self._state = WorkerStatus.BUSY  # what start_job wrote
+        return started
+
+    def _execution(self, job: Job, execution_id: str, at: datetime) -> Execution:
+        """The rq Execution that start_job wrote for `job`, and the job's fields as it left them."""
+        execution = Execution(execution_id, job.id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = at
+        self.executions[execution.id] = execution
+        job.worker_name, job.started_at, job.last_heartbeat, job._status = self.name, at, at, JobStatus.STARTED
+        return execution
 
     def _taken_over(self) -> TakenOver:
         self.taken_over = True
@@ -200,10 +228,12 @@ class NodeWorker(SimpleWorker):
         return not (self.stop_requested or self._stop_requested)
 
     def _put_back_taken(self) -> None:
-        """A job taken but not started (the loop ended) goes back to the head of the node queue."""
+        """A job taken and started with the last record but never run (the loop ended) goes back
+        to the head of the node queue, its start undone."""
         if self._taken is not None:
-            job_id, self._taken = self._taken[0], None
-            self.scripts.put_back_job(self.taker, job_id)
+            (job, execution), self._taken = self._taken, None
+            self.executions.pop(execution.id, None)
+            self.scripts.put_back_started(self.taker, self.name, job.id, execution.id)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """rq's worker heartbeat, which its loop sends around every job: at most once a second
@@ -241,19 +271,21 @@ class NodeWorker(SimpleWorker):
 
     # -- starting -------------------------------------------------------------------------
     def start(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Execution]]:
-        """Start the held `jobs` (rq's prepare_execution and prepare_job_execution, as one
-        start_jobs call with rq's worker bookkeeping, one round trip); the ones started, with
-        their executions. A job no longer held is left out: recovery gave it back meanwhile."""
-        ttl = max(self.get_heartbeat_ttl(j) for j in jobs)
-        at = now()
-        start = JobStart(
-            taker=self.taker, worker=self.name, jobs=[(j.id, uuid4().hex) for j in jobs],
-            started_at=utcformat(at), now_ts=repr(at.timestamp()), ttl_s=ttl,
-            started_score=str(current_timestamp() + ttl), executions_score=str(current_timestamp() + ttl + 60),
-        )  # fmt: skip
+        """Start `jobs`: the ones their take started already (dequeued) as they are, the held
+        ones (a batch's others) with rq's prepare_execution and prepare_job_execution, as one
+        start_jobs call with rq's worker heartbeat, one round trip; the ones started, with their
+        executions. A job no longer held is left out: recovery gave it back meanwhile."""
+        started = [(j, self._prestarted.pop(j.id)) for j in jobs if j.id in self._prestarted]
+        held = [j for j in jobs if j.id not in {s.id for s, _ in started}]
+        if held:
+            started += self._start_held(held)
+        return [j for j, _ in started], [e for _, e in started]
+
+    def _start_held(self, jobs: list[Job]) -> list[tuple[Job, Execution]]:
+        stamp = self._stamp()
+        start = JobStart(self.taker, stamp, [(j.id, uuid4().hex) for j in jobs])
         with self.connection.pipeline(transaction=False) as p:
-            self.heartbeat(ttl, pipeline=p)
-            self.set_state(WorkerStatus.BUSY, pipeline=p)
+            self.heartbeat(max(self.get_heartbeat_ttl(j) for j in jobs), pipeline=p)
             self.scripts.start_jobs(p, start)
             owner, *flags = p.execute()[-1]
         if owner == 0:
@@ -264,20 +296,17 @@ class NodeWorker(SimpleWorker):
             for job in jobs:
                 self.scripts.put_back_job(self.taker, job.id)
             time.sleep(self.fleet_settings.heartbeat_interval_s)
-            return [], []
-        started, executions = [], []
+            return []
+        self._state = WorkerStatus.BUSY  # what start_job wrote
+        at = datetime.fromtimestamp(float(stamp.now_ts), timezone.utc)
+        started = []
         for job, (_, execution_id), flag in zip(jobs, start.jobs, flags):
             if flag != 1:
                 log.warning("job not started: %s node=%s job=%s", "job data missing" if flag == -1 else
                             "handed back meanwhile", self.node_id, job.id)  # fmt: skip
                 continue
-            execution = Execution(execution_id, job.id, self.connection, worker_name=self.name)
-            execution.created_at = execution.last_heartbeat = at
-            self.executions[execution.id] = execution
-            job.worker_name, job.started_at, job.last_heartbeat, job._status = self.name, at, at, JobStatus.STARTED
-            started.append(job)
-            executions.append(execution)
-        return started, executions
+            started.append((job, self._execution(job, execution_id, at)))
+        return started
 
     # -- recording ------------------------------------------------------------------------
     @staticmethod
@@ -301,8 +330,8 @@ class NodeWorker(SimpleWorker):
         Leaner than rq's per-job path, which re-saves the whole job HASH and handles dependents,
         repeats and callbacks (gpufleet jobs have none). Each job's writes are fenced (written
         only if its execution is still current, in the same atomic step); the same transaction
-        takes the node queue's next job (take_job), which the loop then starts without a
-        dequeue round trip of its own. Returns the ids of the jobs whose results were late."""
+        takes and starts the node queue's next job (take_job), which the loop then runs without
+        a round trip of its own. Returns the ids of the jobs whose results were late."""
         if not done:
             return set()
         writes = FencedWrites(self.connection)
@@ -327,22 +356,17 @@ class NodeWorker(SimpleWorker):
         mine = writes.group()
         wake_dispatcher(mine, self.keys)
         self.set_state(WorkerStatus.IDLE, pipeline=mine)
-        take = self._may_take_next()
+        start = self._take_start(1) if self._may_take_next() else None
         with self.connection.pipeline() as p:
             self.scripts.apply_fenced(p, self.node_id, writes)
-            if take:
-                self.scripts.take_job(self.taker, pipeline=p)
+            if start:
+                self.scripts.take_job(self.taker, start, pipeline=p)
             replies = p.execute()
         applied = replies[0][0:2 * len(done):2]  # a job's group, then its cleanup's
         late = {job.id for (job, _, _), flag in zip(done, applied) if not flag}
-        if take:
-            self._keep_taken(replies[1])
-        return late
-
-    def _keep_taken(self, reply: Any) -> None:
-        taken = self._kept(reply)
-        if taken:
+        if start and (taken := self._started(replies[1], start)):
             self._taken = taken[0]
+        return late
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Execution | None = None, *, retry: bool = True) -> bool:  # fmt: skip

@@ -145,13 +145,20 @@ class Keys:
     def rq_job(job_id: str) -> str:  # HASH (rq's own key); `origin` = queue name
         return f"rq:job:{job_id}"
 
+    RQ_EXECUTION_PREFIX = "rq:execution:"  # + "job_id:execution_id" (scripts build the key from it)
+    RQ_EXECUTIONS_PREFIX = "rq:executions:"  # + job id
+
     @staticmethod
     def rq_execution(job_id: str, execution_id: str) -> str:  # HASH: one run of a job (rq's Execution)
-        return f"rq:execution:{job_id}:{execution_id}"
+        return f"{Keys.RQ_EXECUTION_PREFIX}{job_id}:{execution_id}"
 
     @staticmethod
     def rq_executions(job_id: str) -> str:  # ZSET execution id -> expiry: a job's runs (rq's ExecutionRegistry)
-        return f"rq:executions:{job_id}"
+        return f"{Keys.RQ_EXECUTIONS_PREFIX}{job_id}"
+
+    @staticmethod
+    def rq_worker(worker_name: str) -> str:  # HASH: an rq worker's state and counters (rq's own key)
+        return f"rq:worker:{worker_name}"
 
     @staticmethod
     def rq_worker_executions(worker_name: str) -> str:  # SET of "job_id:execution_id" a worker runs (rq's)

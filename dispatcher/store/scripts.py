@@ -10,6 +10,7 @@ nowhere); MOVED == True and SKIPPED == False, so a list of them compares with bo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -21,11 +22,19 @@ from rq.utils import now, utcformat
 
 from .keys import RQ_QUEUES, JobField, Keys
 
-_SOURCES = {
-    f.name.removesuffix(".lua"): f.read_text(encoding="utf-8")
-    for f in files(__package__).joinpath("lua").iterdir()
-    if f.name.endswith(".lua")
-}
+_LUA = {f.name.removesuffix(".lua"): f.read_text(encoding="utf-8")
+        for f in files(__package__).joinpath("lua").iterdir() if f.name.endswith(".lua")}  # fmt: skip
+_INCLUDE = re.compile(r"^--@include (_\w+)$", re.MULTILINE)
+
+
+def _source(text: str) -> str:
+    """A script's source with each library it names ("--@include _name": lua/_name.lua) in
+    place of that line: Redis scripts cannot call each other, so code two scripts share (the
+    start of a job) lives once, in a library, and is put into each."""
+    return _INCLUDE.sub(lambda m: _LUA[m.group(1)], text)
+
+
+_SOURCES = {name: _source(text) for name, text in _LUA.items() if not name.startswith("_")}
 
 
 MAX_NODES_PER_MOVE = 65535  # move_to_nodes names a job's node in two bytes
@@ -60,17 +69,42 @@ class Taker:
 
 
 @dataclass(frozen=True)
-class JobStart:
-    """What start_jobs writes for jobs one worker starts together (times as rq formats them)."""
+class StartStamp:
+    """What every job one worker starts together shares (see lua/_start_job.lua): the worker,
+    the time (as rq formats it) and rq's job monitoring interval, from which each job's
+    heartbeat TTL and registry scores follow, as rq's own start computes them."""
 
-    taker: Taker
     worker: str  # the rq worker name
-    jobs: Sequence[tuple[str, str]]  # (job id, new execution id)
     started_at: str  # rq.utils.utcformat of the start
     now_ts: str  # the start as a unix timestamp (rq's Execution.created_at)
-    ttl_s: int  # how long the execution records live without a heartbeat
-    started_score: str  # started registry score: now + ttl_s, as rq's add_execution
-    executions_score: str  # execution registry score: now + ttl_s + 60
+    monitoring_s: int  # rq's Worker.job_monitoring_interval
+
+    def keys(self, node_queue: str) -> list[str]:
+        """The keys start_stamp takes: the node queue's started registry, the worker's
+        execution index, the worker."""
+        return [Keys.rq_started(node_queue), Keys.rq_worker_executions(self.worker), Keys.rq_worker(self.worker)]
+
+    def args(self) -> list[str]:
+        """ARGV's 8 stamp values, in start_stamp's order."""
+        return [self.worker, self.started_at, self.now_ts, str(self.monitoring_s), JobField.ATTEMPTS, JobField.ERROR,
+                Keys.RQ_EXECUTION_PREFIX, Keys.RQ_EXECUTIONS_PREFIX]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """Jobs one worker holds and starts together (start_jobs), each with its new execution id."""
+
+    taker: Taker
+    stamp: StartStamp
+    jobs: Sequence[tuple[str, str]]  # (job id, new execution id)
+
+
+@dataclass(frozen=True)
+class TakeStart:
+    """A take_job: the i-th job taken gets `execution_ids[i]`; at most that many are taken."""
+
+    stamp: StartStamp
+    execution_ids: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -173,16 +207,16 @@ class Scripts:
             args += [as_raw(e.place.job_id), as_raw(e.place.member or e.place.job_id), e.reason]
         return [int(flag) for flag in self._run["end_jobs"](keys=keys, args=args)]
 
-    def take_job(self, taker: Taker, pipeline: Pipeline | None = None, count: int = 1) -> Any:
-        """Take up to `count` jobs from the head of the taker's node queue into its held list
-        (see take_job.lua); the reply is [[job id, [field, value, ...]], ...] (no fields: the id
-        had no HASH and was dropped), [] when there is nothing to take, or None when the taker
-        no longer holds the node. With a `pipeline` it is queued there (a worker recording a job
-        takes its next one in the same transaction) as EVAL with the source, not EVALSHA: inside
-        a transaction a script Redis forgot cannot be reloaded and retried (Redis caches the
-        compiled body)."""
-        keys = [Keys.rq_queue(taker.node_queue), taker.held, taker.alive, taker.wakeup]
-        args: list[str | int] = [Keys.rq_job(""), taker.token, count]
+    def take_job(self, taker: Taker, start: TakeStart, pipeline: Pipeline | None = None) -> Any:
+        """Take jobs from the head of the taker's node queue and start them (see take_job.lua), as
+        many as `start` has execution ids. The reply is [[job id, [field, value, ...]], ...] (no
+        fields: the id had no HASH and was dropped), [] when there is nothing to take, or None
+        when the taker no longer holds the node. With a `pipeline` it is queued there (a worker
+        recording a job takes its next one in the same transaction) as EVAL with the source, not
+        EVALSHA: inside a transaction a script Redis forgot cannot be reloaded and retried
+        (Redis caches the compiled body)."""
+        keys = [Keys.rq_queue(taker.node_queue), taker.alive, taker.wakeup, *start.stamp.keys(taker.node_queue)]
+        args = [Keys.rq_job(""), taker.token, *start.stamp.args(), *start.execution_ids]
         if pipeline is None:
             return self._run["take_job"](keys=keys, args=args)
         pipeline.eval(_SOURCES["take_job"], len(keys), *keys, *args)
@@ -201,6 +235,16 @@ class Scripts:
         keys = [Keys.rq_queue(taker.node_queue), taker.held, taker.wakeup]
         return bool(self._run["put_back_job"](keys=keys, args=[job_id]) == 1)
 
+    def put_back_started(self, taker: Taker, worker: str, job_id: str, execution_id: str) -> bool:
+        """A job taken and started at once (take_job) that never ran goes back to the head of
+        the taker's node queue, its start undone (see put_back_started.lua)."""
+        queue = taker.node_queue
+        keys: list[str | bytes] = [Keys.rq_queue(queue), Keys.rq_started(queue), Keys.rq_worker_executions(worker),
+                                   as_raw(Keys.rq_job(job_id)), as_raw(Keys.rq_execution(job_id, execution_id)),
+                                   as_raw(Keys.rq_executions(job_id)), taker.wakeup]  # fmt: skip
+        args: list[str | bytes] = [as_raw(job_id), execution_id, JobField.ATTEMPTS]
+        return bool(self._run["put_back_started"](keys=keys, args=args) == 1)
+
     def apply_fenced(self, pipeline: Pipeline, node_id: str, writes: FencedWrites) -> None:
         """Queue on `pipeline` the writes, each group only while its member is in the started
         registry of `node_id`'s queue, counting the runs that ended for the dispatcher (see
@@ -214,11 +258,10 @@ class Scripts:
         [owner, flag per job]. EVAL with the source, as take_job (the pipeline holds rq's
         worker bookkeeping too)."""
         t = start.taker
-        keys = [t.held, t.alive, Keys.rq_started(t.node_queue), Keys.rq_worker_executions(start.worker)]
-        args = [t.token, start.worker, start.started_at, start.now_ts, str(start.ttl_s), start.started_score,
-                start.executions_score, JobField.ATTEMPTS, JobField.ERROR]  # fmt: skip
+        keys = [t.held, t.alive, *start.stamp.keys(t.node_queue)]
+        args = [t.token, *start.stamp.args()]
         for job_id, execution_id in start.jobs:
-            keys += [Keys.rq_job(job_id), Keys.rq_execution(job_id, execution_id), Keys.rq_executions(job_id)]
+            keys.append(Keys.rq_job(job_id))
             args += [job_id, execution_id]
         pipeline.eval(_SOURCES["start_jobs"], len(keys), *keys, *args)
 

@@ -1,5 +1,5 @@
-"""A worker takes its next job in the transaction that records the last one (take_job), and
-puts it back when its loop ends before starting it."""
+"""A worker takes and starts its next job in the transaction that records the last one
+(take_job), and puts it back, its start undone, when its loop ends before running it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from gpufleet.dispatcher.fleet.node_claim import holder_name
 from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import SERIALIZER, job_class
-from gpufleet.dispatcher.store.keys import Keys
-from gpufleet.dispatcher.store.scripts import Scripts, Taker
+from gpufleet.dispatcher.store.keys import JobField, Keys
+from gpufleet.dispatcher.store.scripts import Scripts, Taker, TakeStart
 from gpufleet.worker.node_worker import NodeWorker
 from gpufleet.worker.stats import NodeStats
 
@@ -60,10 +60,10 @@ def test_each_recorded_job_brings_the_next_so_only_the_first_is_taken_alone(
     alone = []
     real = Scripts.take_job
 
-    def counting(self: Scripts, taker: Taker, pipeline: Any = None, count: int = 1) -> Any:
+    def counting(self: Scripts, taker: Taker, start: TakeStart, pipeline: Any = None) -> Any:
         if pipeline is None:
             alone.append(1)
-        return real(self, taker, pipeline, count)
+        return real(self, taker, start, pipeline)
 
     monkeypatch.setattr(Scripts, "take_job", counting)
     worker = node_worker(r, settings)
@@ -93,6 +93,12 @@ def test_a_taken_job_goes_back_to_the_head_of_the_queue_when_the_loop_ends_first
     assert ids_in(r, queue.key) == ids[1:]  # in order, the taken one first
     assert ids_in(r, worker.taker.held) == []
     assert Job.fetch(ids[0], connection=r, serializer=SERIALIZER).get_status() == "finished"
-    assert Job.fetch(ids[1], connection=r, serializer=SERIALIZER).get_status() == "queued"
-    assert not Scripts(r, Keys(settings.namespace)).put_back_job(worker.taker, ids[1])  # no longer taken: left alone
+    back = Job.fetch(ids[1], connection=r, serializer=SERIALIZER)
+    assert back.get_status() == "queued" and back.started_at is None and not back.worker_name
+    assert r.hget(back.key, JobField.ATTEMPTS) == b"0"  # its start undone: the attempt too
+    assert queue.started_job_registry.get_job_ids() == []
+    assert r.keys("rq:execution:" + ids[1] + ":*") == [] and r.zcard(Keys.rq_executions(ids[1])) == 0
+    assert r.smembers(Keys.rq_worker_executions(worker.name)) == set()
+    scripts = Scripts(r, Keys(settings.namespace))
+    assert not scripts.put_back_started(worker.taker, worker.name, ids[1], "x")  # not started: left alone
     assert ids_in(r, queue.key) == ids[1:]

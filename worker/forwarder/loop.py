@@ -31,7 +31,6 @@ from rq.utils import now
 
 from gpufleet.dispatcher.fleet.node_claim import stop_mark
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
-from gpufleet.dispatcher.store.scripts import read_id
 
 from ..job_run import Outcome, record_outcomes, undecodable
 from ..node_worker import NodeWorker
@@ -121,17 +120,8 @@ class ForwarderWorker(NodeWorker):
     def _take_and_start(self, room: int) -> list[tuple[Job, Execution]]:
         """Up to `room` jobs taken and started; a job whose payload cannot be decoded fails for
         good at once (nothing of it is sent)."""
-        taken = self.take(room)
-        if not taken:
-            return []
-        jobs = []
-        for job_id, fields in taken:
-            job = self.job_class(read_id(job_id), connection=self.connection, serializer=self.serializer)
-            job.restore(fields)
-            jobs.append(job)
-        started, executions = self.start(jobs)
         ready, bad = [], []
-        for job, execution in zip(started, executions):
+        for job, execution in self.take_started(room):
             why = undecodable(job)
             if why is None and not (job.args and isinstance(job.args[0], dict) and "url" in job.args[0]):
                 why = "not an OpenAI request: its input needs method, url and body (an OpenAI batch line's)"
