@@ -37,6 +37,7 @@ from .store.scripts import DROPPED, MOVED, Scripts, read_id
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
+LATENCY_WEIGHT = 0.1  # the EWMA weight of each round's latency (dispatch_latency_s)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Dispatcher:
     def dispatch_once(self) -> Round:
         """One routing round over every priority, high first: the heads of the three ingresses
         in one round trip, then one move script call per priority that has jobs."""
+        began = time.perf_counter()
         fresh = self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s
         if fresh:
             self.refresh()
@@ -99,7 +101,7 @@ class Dispatcher:
         room = self.router.free_room(self._nodes)  # None: a node is unbounded
         batch = self._settings.dispatch_batch
         if room == 0:  # no room anywhere: read no job (how many wait matters to the report only)
-            return self._finish(fresh, started, moved_to, 0, sum(self._depths(order)) if fresh else 0)
+            return self._finish(began, fresh, started, moved_to, 0, sum(self._depths(order)) if fresh else 0)
         for priority, jobs in zip(order, self._read_heads(order, batch if room is None else min(room, batch))):
             slots = batch if room is None else min(room, batch)
             if not jobs:
@@ -119,10 +121,13 @@ class Dispatcher:
             waiting += len(jobs) - len(moves)
             if room is not None:
                 room -= len(moves)  # each placement took one free slot of a bounded node
-        return self._finish(fresh, started, moved_to, moved, waiting)
+        return self._finish(began, fresh, started, moved_to, moved, waiting)
 
-    def _finish(self, fresh: bool, started: float, moved_to: list[str], moved: int, waiting: int) -> Round:
+    def _finish(self, began: float, fresh: bool, started: float, moved_to: list[str], moved: int, waiting: int
+                ) -> Round:  # fmt: skip
         self.moved_total += moved
+        if moved:  # how long a freed slot waits for its refill: what a node's prefetch must cover
+            self.router.dispatch_latency_s = ewma(self.router.dispatch_latency_s, time.perf_counter() - began)
         if self.metrics and moved:
             self.metrics.observe_round(moved_to, time.perf_counter() - started)
         if fresh:  # judge "no live node" on a snapshot taken now, not one from before a node started
@@ -203,6 +208,11 @@ class Dispatcher:
         if rnd.moved:
             return
         self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
+
+
+def ewma(mean: float, sample: float) -> float:
+    """The dispatch latency's running mean with `sample` folded in (the first sample as it is)."""
+    return sample if mean <= 0 else mean + LATENCY_WEIGHT * (sample - mean)
 
 
 def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ Pure, like the policies it drives: the dispatcher loop and the simulator share i
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,9 @@ from dataclasses import dataclass, field
 from .affinity import DEFAULT_AFFINITY_EPSILON, pick_affine
 from .models import PYTHON, JobSpec, NodeState
 from .policies import Policy, Ranking, eligible, ranking_of
+
+MAX_LATENCY_PREFETCH = 32  # the most a node holds beyond its slots for want of dispatch speed
+ROUND_SHARE = 0.1  # a node is refilled in batches that make a dispatch round at most this share of their run time
 
 
 @dataclass
@@ -23,7 +27,15 @@ class Router:
     A node holds at most `capacity + prefetch` jobs (late binding: the rest wait in the
     ingress for whichever node frees up first), or `capacity + batch_max` when its tasks
     batch more than `prefetch` jobs, so a full next batch waits while one runs;
-    `max_node_queue=0` lifts the bound.
+    `max_node_queue=0` lifts the bound. `prefetch` is a floor. With the dispatch latency known
+    (the loop measures each round), a node whose jobs are short next to it is refilled in
+    batches: once full it takes work again only when `refill_step` jobs are free, enough that
+    the round costs at most ROUND_SHARE of their run time, and it holds that step plus what its
+    slots finish while the refill is on its way (capacity x latency / service time), so it
+    neither idles between refills nor costs a round per job. Either way a node holds about
+    1 / ROUND_SHARE + 1 dispatch latencies of work at most (MAX_LATENCY_PREFETCH jobs beyond its
+    slots); a node whose jobs take more than 10 latencies keeps the plain prefetch and takes
+    work as soon as one slot is free.
     A job with an `affinity` key goes to its rendezvous node unless that node is over
     (1 + affinity_epsilon) x the mean load (then the next in its rendezvous order); the
     policy decides only when no node in that order may take it.
@@ -33,6 +45,9 @@ class Router:
     prefetch: int = 2
     max_node_queue: int | None = None  # None: capacity + max(prefetch, batch_max); 0: unbounded; N: at most N
     affinity_epsilon: float = DEFAULT_AFFINITY_EPSILON
+    # seconds from a slot freeing to the dispatcher's refill landing (0: not known); read when
+    # the placement state is rebuilt (each node read), so a change costs no per-round work
+    dispatch_latency_s: float = 0.0
     _last: Placement | None = field(default=None, init=False, repr=False, compare=False)
 
     def limit(self, n: NodeState) -> int | None:
@@ -40,13 +55,35 @@ class Router:
         if self.max_node_queue == 0:
             return None
         if self.max_node_queue is None:
-            return n.capacity + (max(self.prefetch, n.batch_max) if n.batch_max > 1 else self.prefetch)
+            prefetch = self.prefetch_of(n)
+            return n.capacity + (max(prefetch, n.batch_max) if n.batch_max > 1 else prefetch)
         return self.max_node_queue
 
+    def prefetch_of(self, n: NodeState) -> int:
+        """Jobs `n` may hold beyond its slots: `prefetch`, or, when more, what its slots finish
+        while a refill is on its way (capacity x latency / service time) plus one refill."""
+        ratio = self._latency_per_job(n)
+        if not ratio:
+            return self.prefetch
+        through = math.ceil(n.capacity * ratio)
+        return max(self.prefetch, min(MAX_LATENCY_PREFETCH, self.refill_step(n) + through))
+
+    def refill_step(self, n: NodeState) -> int:
+        """How many jobs below its limit a full node must drop before it takes work again: 1,
+        or enough that a round costs at most ROUND_SHARE of the run time of the jobs it sends."""
+        ratio = self._latency_per_job(n)
+        return max(1, min(MAX_LATENCY_PREFETCH // 2, math.ceil(ratio / ROUND_SHARE))) if ratio else 1
+
+    def _latency_per_job(self, n: NodeState) -> float:
+        """The dispatch latency in units of the node's service time (0: either is unknown)."""
+        if self.dispatch_latency_s <= 0 or n.service_time_s <= 0:
+            return 0.0
+        return self.dispatch_latency_s / n.service_time_s
+
     def has_room(self, n: NodeState, held: int | None = None) -> bool:
-        """Whether `n` may take one more job; `held` overrides the snapshot's count."""
+        """Whether `n`, as a read finds it, may take work; `held` overrides the snapshot's count."""
         limit = self.limit(n)
-        return limit is None or (n.load if held is None else held) < limit
+        return limit is None or (n.load if held is None else held) <= limit - self.refill_step(n)
 
     def route(
         self,
@@ -119,18 +156,19 @@ class Placement:
         self._held = {node_id: n.load for node_id, n in self._state.items()}
         if held is not None:
             self._held.update((node_id, count) for node_id, count in held.items() if node_id in self._state)
+        self._step = {node_id: router.refill_step(n) for node_id, n in self._state.items()}
         self._open = {node_id: None for node_id, limit in self._limit.items()  # an ordered set: state order
-                      if limit is None or self._held[node_id] < limit}  # fmt: skip
+                      if limit is None or self._held[node_id] <= limit - self._step[node_id]}  # fmt: skip
         self._rank = ranking_of(router.policy)
         self._ranking: Ranking | None = None  # built for the first job with no needs
         self.free_room: int | None = 0  # what Router.free_room reports, kept up to date
         for node_id, n in self._state.items():
-            if n.accepting:
+            if n.accepting and node_id in self._open:
                 limit = self._limit[node_id]
                 if limit is None:
                     self.free_room = None
                     break
-                self.free_room += max(0, limit - self._held[node_id])
+                self.free_room += limit - self._held[node_id]
 
     def continues(self, router: Router, nodes: Sequence[NodeState]) -> bool:
         """Whether `nodes` is exactly what this state last handed out, under the same settings."""
@@ -179,7 +217,7 @@ class Placement:
 
     def release(self, node_id: str, n_ended: int) -> None:
         """`n_ended` runs ended on `node_id`: its load and held count drop (never below 0), and
-        a node that was full takes work again."""
+        a node that was full takes work again once enough of it is free (Router.refill_step)."""
         if node_id not in self._state or n_ended <= 0:
             return
         self._placed.add(node_id)
@@ -187,11 +225,16 @@ class Placement:
         before = self._held[node_id]
         held = self._held[node_id] = max(0, before - n_ended)
         limit = self._limit[node_id]
-        if limit is not None:
-            if self.free_room is not None and self._state[node_id].accepting:
-                self.free_room += max(0, limit - held) - max(0, limit - before)
-            if held < limit and node_id not in self._open:  # open again, in state order (policies break ties by it)
-                self._open = {i: None for i in self._state if i == node_id or i in self._open}
+        if limit is None:
+            return
+        freed = 0  # room it adds: what it freed while open, all it has when it opens again
+        if node_id in self._open:
+            freed = before - held
+        elif held <= limit - self._step[node_id]:  # open again, in state order (policies break ties by it)
+            self._open = {i: None for i in self._state if i == node_id or i in self._open}
+            freed = limit - held
+        if self.free_room is not None and self._state[node_id].accepting:
+            self.free_room += freed
         self._ranking = None  # re-ranked at the next job with no needs: the node's score changed
 
     def _room(self) -> list[NodeState]:

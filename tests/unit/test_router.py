@@ -10,7 +10,7 @@ from typing import Any
 from gpufleet.dispatcher.routing.affinity import load_cap, rendezvous_order, rendezvous_score
 from gpufleet.dispatcher.routing.models import OPENAI, JobSpec, NodeState
 from gpufleet.dispatcher.routing.policies import LeastConnections, ShortestExpectedDelay
-from gpufleet.dispatcher.routing.router import Router
+from gpufleet.dispatcher.routing.router import MAX_LATENCY_PREFETCH, Router
 from gpufleet.dispatcher.store.job import needs_field, needs_spec
 
 JOB = JobSpec(func="m:f")
@@ -210,3 +210,24 @@ def test_an_end_re_ranks_nodes_for_the_next_job() -> None:
     nodes = router.ended(nodes, {"b": 2})
     moves, _ = router.route(jobs(2), nodes)
     assert [n for _, n in moves] == ["b", "b"]
+
+
+def test_a_node_faster_than_dispatch_holds_more_and_is_refilled_in_batches() -> None:
+    """Jobs of 1 ms, a dispatch round of 1 ms: refilling job by job would cost a round per job,
+    so a full node takes work again only when 10 are free (a round is then 10% of their run
+    time), and holds 1 more for the round's latency: 1 + 11 in all."""
+    router = Router(LeastConnections(), prefetch=2, dispatch_latency_s=0.001)
+    fast, slow = node("fast", service_time_s=0.001), node("slow", service_time_s=0.5)
+    assert (router.limit(fast), router.refill_step(fast)) == (12, 10)
+    assert (router.limit(slow), router.refill_step(slow)) == (3, 1)  # the plain prefetch: refilled job by job
+    assert router.limit(node("tiny", service_time_s=1e-6)) == 1 + MAX_LATENCY_PREFETCH
+    assert router.limit(node("wide", capacity=4, service_time_s=0.004)) == 4 + 3 + 1  # 4 slots x 1/4
+    moves, nodes = router.route(jobs(20), [fast])
+    assert len(moves) == 12
+    nodes = router.ended(nodes, {"fast": 9})
+    assert router.free_room(nodes) == 0  # 3 of 12 held: not yet
+    nodes = router.ended(nodes, {"fast": 1})
+    assert router.free_room(nodes) == 10
+    moves, nodes = router.route(jobs(20), nodes)
+    assert len(moves) == 10 and router.free_room(nodes) == 0
+    assert Router(LeastConnections(), prefetch=2).limit(fast) == 3  # latency unknown: the plain prefetch
