@@ -7,7 +7,9 @@ ingress (`Submitter.enqueue`, gpufleet.worker.tasks:echo). No worker consumes. T
 `dispatcher.loop.Dispatcher` (default policy, shortest-expected-delay) then runs
 `dispatch_once` until every job has moved, snapshot refreshes included (every
 `snapshot_interval_s`, as in the loop); jobs/s = N / wall. Nodes hold an unbounded queue
-(`--max-node-queue 0`), so routing never stops for want of room. Each move is rq's: the id
+(`--max-node-queue 0`), so routing never stops for want of room; `--max-node-queue -1` runs
+the default bound (capacity + prefetch) instead, with `--capacity` slots per node enough for
+every job to find one (no worker ever frees one: a full fleet ends the run with an error). Each move is rq's: the id
 leaves the ingress for the node's rq queue and the job's `origin` names that queue, one Lua call
 per batch; the run checks that afterwards (every job's origin and node, queue lengths).
 Commands per job come from INFO commandstats (CONFIG RESETSTAT before the timed run) and round
@@ -158,13 +160,13 @@ def time_stages() -> None:
 
 
 def routing_trial(r: Redis, url: str, n: int, nodes: int, batch: int, max_node_queue: int, trial: str,
-                  profile: cProfile.Profile | None) -> dict[str, Any]:  # fmt: skip
+                  profile: cProfile.Profile | None, capacity: int = 1) -> dict[str, Any]:  # fmt: skip
     r.flushall()
     settings = Settings(redis_url=url, namespace=f"dr{trial}", dispatch_batch=batch, max_node_queue=max_node_queue,
                         heartbeat_interval_s=1.0, heartbeat_ttl_s=3600.0)  # fmt: skip
     keys = Keys(settings.namespace)
     node_ids = [f"node-{i:02d}" for i in range(nodes)]
-    write_heartbeats(r, keys, node_ids, ttl_s=settings.heartbeat_ttl_s)
+    write_heartbeats(r, keys, node_ids, ttl_s=settings.heartbeat_ttl_s, capacity=capacity)
     submitter = Submitter(r, settings)
     batch_id = submitter.start_batch(None, n, FUNC)
     submitter.enqueue((JobSpec(FUNC, i) for i in range(n)), batch_id)
@@ -274,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=16, help="Nodes with room (one heartbeat each, no worker).")
     ap.add_argument("--batch", default="200,1000",
                     help="dispatch_batch values to run, comma-separated (1000 is the default setting).")  # fmt: skip
-    ap.add_argument("--max-node-queue", type=int, default=0, help="Router bound per node; 0: unbounded.")
+    ap.add_argument("--max-node-queue", type=int, default=0,
+                    help="Router bound per node; 0: unbounded; -1: the default, capacity + prefetch.")
+    ap.add_argument("--capacity", type=int, default=1,
+                    help="Slots each node reports: with the default bound, nodes x (capacity + 2) must hold --jobs.")
     ap.add_argument("--runs", type=int, default=3, help="Runs per batch size, and latency runs.")
     ap.add_argument("--latency-jobs", type=int, default=300, help="Jobs per latency run, one at a time.")
     ap.add_argument("--latency-workers", type=int, default=2, help="Worker processes (nodes) in the latency runs.")
@@ -308,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in batches:  # batch sizes take turns, so drift hits all of them
                     prof = profile if run == 0 and batch == batches[0] else None
                     row = routing_trial(r, server.url, args.jobs, args.nodes, batch, args.max_node_queue,
-                                        f"{run}b{batch}", prof)  # fmt: skip
+                                        f"{run}b{batch}", prof, args.capacity)  # fmt: skip
                     trials.append(row)
                     print(f"run {run} batch {batch:5}: {row['rate']:9,.0f} jobs/s  wall {row['wall_s']:.3f} s  "
                           f"{row['rounds']} rounds, {row['round_trips_per_round']:.2f} round trips/round, "
@@ -361,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"redis-server {result['redis_version']}, Python {result['python']}, nproc {result['nproc']}")
     if "routing" in result:
-        print(f"routing: {args.jobs:,} jobs, {args.nodes} nodes, max_node_queue={args.max_node_queue}, "
+        print(f"routing: {args.jobs:,} jobs, {args.nodes} nodes of capacity {args.capacity}, "
+              f"max_node_queue={args.max_node_queue} (-1: capacity + prefetch), "
               f"{args.runs} run(s); {result['placement']}")  # fmt: skip
         for b, x in result["routing"].items():
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(x["by_command"].items())[:6])

@@ -3,8 +3,10 @@
 Per system and worker count (1 and 2 worker processes), N no-op jobs go from the client to a
 finished state through real processes on one private redis-server (`RedisServer`, a free
 loopback port, so the Redis on 6379 is never touched). The clock starts before the first job
-is submitted and stops when the last one is done; jobs/s = N / wall. The workers (and
+is submitted and stops when the last one's result is readable by the client, the same point
+for every system; jobs/s = N / wall. Every system stores its results. The workers (and
 gpufleet's dispatcher) are started and ready before the clock starts, for every system.
+(bench/peers.py is the same measurement against more peers, with CPU and round trips per job.)
 
 - gpufleet: `Submitter.submit` of N `JobSpec("gpufleet.worker.tasks:echo", i)` (one batch) -> a real
   `gpufleet dispatcher` -> 1 or 2 real `gpufleet worker --probe sim` processes (capacity 1,
@@ -12,19 +14,22 @@ gpufleet's dispatcher) are started and ready before the clock starts, for every 
 - rq: `Queue.enqueue_many` of N `gpufleet.worker.tasks.echo` jobs (JSONSerializer), then 1 or 2 worker
   processes, each `SimpleWorker([queue]).work(burst=True)` (JSONSerializer): each process
   imports rq and connects before the clock starts, then blocks on a BLPOP "go" token that this
-  script pushes right after enqueue_many returns; done when every worker process has exited.
+  script pushes right after enqueue_many returns; done when the queue's finished registry
+  holds N jobs (ZCARD, polled every 10 ms: a job enters it in the transaction that stores its
+  Result), not when the burst workers have exited (that comes after, off the clock).
 - celery (skipped if celery is not importable, and with --smoke or --no-celery): a temporary
-  app module with one `echo` task (ignore_result=True), Redis broker on the same server, db 1;
-  1 or 2 `celery -A mod worker --pool solo --concurrency 1 -Q q --without-gossip
-  --without-mingle --without-heartbeat` processes (no events). The task INCRs a counter in
-  db 1 (its only addition to the echo); a worker_ready signal INCRs another, so the script
-  waits for every worker first. Jobs are sent with `apply_async` in a loop on one producer;
-  done when the counter reaches N, polled every 10 ms.
+  app module with one `echo` task, Redis broker and Redis result backend (results stored, as
+  Celery does once a backend is set) on the same server, db 1; 1 or 2 `celery -A mod worker
+  --pool solo --concurrency 1 -Q q --without-gossip --without-mingle --without-heartbeat`
+  processes (no events). A worker_ready signal INCRs a counter in db 1, so the script waits
+  for every worker first. Jobs are sent with `apply_async` in a loop on one producer; done when
+  every job's result key exists (EXISTS of 200 keys at a time, in submission order, polled
+  every 10 ms).
 
-Redis commands per job: `CONFIG RESETSTAT` before each timed trial, `INFO commandstats` after
-it, minus what this script adds (the INFO/CONFIG calls, the progress polls, and for Celery the
-counter INCRs and GETs), divided by N. It counts everything the system sends meanwhile:
-submit, dispatcher (snapshots, routing scripts, health loop), heartbeats, worker loops.
+Redis commands per job: `CONFIG RESETSTAT` before each timed trial, `INFO commandstats` when
+its clock stops, minus what this script adds (the INFO/CONFIG calls, the polls and rq's go
+tokens), divided by N. It counts everything the system sends meanwhile: submit, dispatcher
+(snapshots, routing scripts, health loop), heartbeats, worker loops, result writes.
 Each Lua script call counts once as EVALSHA (commands inside a script are counted as well by
 Redis 6/7 under their own names; they are listed, not hidden).
 
@@ -58,6 +63,7 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
+from peer_systems import KeysWaiter, PollWaiter, wait_all  # a sibling in bench/ (ruff files it as third-party)
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -71,6 +77,7 @@ from gpufleet.worker.fleet import LocalFleet, SimNode
 from gpufleet.worker.tasks import echo
 
 POLL_S = 0.01
+WAIT_TIMEOUT_S = 300.0
 SYSTEMS = ("gpufleet", "rq", "celery")
 
 RQ_WORKER = textwrap.dedent(
@@ -102,14 +109,13 @@ CELERY_APP = textwrap.dedent(
     from redis import Redis
 
     URL = {url!r}
-    app = Celery("bench_celery_app", broker=URL)
-    app.conf.update(task_default_queue="q", task_ignore_result=True, broker_connection_retry_on_startup=True,
+    app = Celery("bench_celery_app", broker=URL, backend=URL)
+    app.conf.update(task_default_queue="q", broker_connection_retry_on_startup=True,
                     worker_hijack_root_logger=False, worker_redirect_stdouts=False)
     _r = Redis.from_url(URL)
 
-    @app.task(ignore_result=True, name="bench.echo")
+    @app.task(name="bench.echo")
     def echo(value):
-        _r.incr("bench:done")
         return value
 
     @worker_ready.connect
@@ -218,10 +224,13 @@ def run_rq(r: Redis, url: str, n: int, workers: int, trial: str, profile_dir: st
         queue.enqueue_many(data)
         submit_s = time.perf_counter() - start
         r.rpush("bench:go", *["go"] * workers)
-        for p in procs:
-            p.wait()
+        registry = queue.finished_job_registry.key
+        waiter = PollWaiter("zcard", lambda: r.zcard(registry) >= n)
+        wait_all(waiter, POLL_S, WAIT_TIMEOUT_S)
         wall = time.perf_counter() - start
-        per_job, by_cmd = command_cost(r, n, {"rpush": 1})  # the go tokens
+        per_job, by_cmd = command_cost(r, n, {"rpush": 1, **waiter.sent})  # the go tokens, the polls
+        for p in procs:  # burst workers: they exit once the queue is empty, off the clock
+            p.wait(WAIT_TIMEOUT_S)
     finally:
         stop_procs(procs)
     finished = queue.finished_job_registry.count
@@ -260,15 +269,14 @@ def run_celery(r: Redis, url: str, n: int, workers: int, trial: str, profile_dir
             with mod.app.connection_for_write() as conn, conn.Producer() as producer:
                 conn.ensure_connection()
                 r.config_resetstat()
-                start, polls = time.perf_counter(), 1
-                for i in range(n):
-                    task.apply_async((i,), producer=producer)
+                start = time.perf_counter()
+                sent = [task.apply_async((i,), producer=producer) for i in range(n)]
                 submit_s = time.perf_counter() - start
-            while int(r1.get("bench:done") or 0) < n:
-                polls += 1
-                time.sleep(POLL_S)
+            waiter = KeysWaiter(r1, [mod.app.backend.get_key_for_task(result.id) for result in sent])
+            wait_all(waiter, POLL_S, WAIT_TIMEOUT_S)
             wall = time.perf_counter() - start
-            per_job, by_cmd = command_cost(r, n, {"incrby": n, "get": polls})  # redis-py sends INCR as INCRBY
+            per_job, by_cmd = command_cost(r, n, dict(waiter.sent))
+            mod.app.backend.result_consumer.stop()  # its pub/sub connection, subscribed to every task
         finally:
             stop_procs(procs)
             sys.modules.pop("bench_celery_app", None)
@@ -319,7 +327,7 @@ def main() -> None:
         args.jobs, args.runs, args.no_celery = 300, 1, True
     systems = [s for s in SYSTEMS if s != "celery" or (not args.no_celery and celery_available())]
     if "celery" not in systems and not args.no_celery:
-        print("celery is not installed: its rows are skipped (pip install celery)", file=sys.stderr)
+        print("celery is not installed: its rows are skipped (pip install -e '.[peers]')", file=sys.stderr)
     worker_counts = [int(w) for w in args.workers.split(",")]
     t0 = time.perf_counter()
     trials: list[dict[str, Any]] = []

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
 LATENCY_WEIGHT = 0.1  # the EWMA weight of each round's latency (dispatch_latency_s)
+FULL_WAIT_SHARE = 0.5  # with every node full, wait this share of the expected time until one has room
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Round:
 
     moved: int  # jobs moved to node queues
     waiting: int  # jobs seen in the ingress that stayed there
+    full_for_s: float = 0.0  # no node had room: about how long until one has (Router.time_to_room)
 
 
 class Dispatcher:
@@ -86,23 +88,29 @@ class Dispatcher:
         return self._nodes
 
     def dispatch_once(self) -> Round:
-        """One routing round over every priority, high first: the heads of the three ingresses
-        in one round trip, then one move script call per priority that has jobs."""
+        """One routing round over every priority, high first: the runs that ended since the
+        last one and the heads of the three ingresses in one round trip, then one move script
+        call per priority that has jobs."""
         began = time.perf_counter()
         fresh = self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s
         if fresh:
             self.refresh()
-        else:
-            self._take_ended()
         moved = waiting = 0
         started, moved_to = time.perf_counter(), list[str]()  # for the metrics, when on
         self._rounds += 1
         order = priority_order(self._rounds, self._settings.low_share)
         room = self.router.free_room(self._nodes)  # None: a node is unbounded
-        batch = self._settings.dispatch_batch
+        ended_taken = fresh  # a fresh read is the base: nothing ended since
+        if room == 0 and not ended_taken:  # full as far as we know: what ended may have made room
+            self._take_ended(self._ended_reply())
+            room, ended_taken = self.router.free_room(self._nodes), True
         if room == 0:  # no room anywhere: read no job (how many wait matters to the report only)
-            return self._finish(began, fresh, started, moved_to, 0, sum(self._depths(order)) if fresh else 0)
-        for priority, jobs in zip(order, self._read_heads(order, batch if room is None else min(room, batch))):
+            rnd = self._finish(began, fresh, started, moved_to, 0, sum(self._depths(order)) if fresh else 0)
+            return Round(0, rnd.waiting, self.router.time_to_room(self._nodes))
+        batch = self._settings.dispatch_batch
+        heads = self._read_heads(order, batch if room is None else min(room, batch), take_ended=not ended_taken)
+        room = self.router.free_room(self._nodes)  # with what ended taken off
+        for priority, jobs in zip(order, heads):
             slots = batch if room is None else min(room, batch)
             if not jobs:
                 continue
@@ -134,27 +142,35 @@ class Dispatcher:
             self._report(moved, waiting)
         return Round(moved, waiting)
 
-    def _take_ended(self) -> None:
-        """Take off the runs that ended since the last read or take (one MULTI: read and reset)."""
-        with self._r.pipeline(transaction=True) as p:
-            p.hgetall(self._keys.dispatch_ended)
-            p.delete(self._keys.dispatch_ended)
-            counts = p.execute()[0]
-        if counts:
-            self._nodes = self.router.ended(self._nodes, {read_id(k): int(v) for k, v in counts.items()})
-
-    def _read_heads(self, priorities: Sequence[str], count: int) -> list[list[tuple[str, JobSpec]]]:
-        """The first `count` job ids of each ingress with what routing needs of each job, in
-        one round trip: per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET
-        rq:job:*->gf_needs`, which reads a list range in order and each id's needs (nil when
-        it has none) in one command, instead of LRANGE + one HMGET per job. (SORT's GET
-        patterns reach keys the command does not name, as a script with built keys would:
-        fine on one Redis, refused by Redis Cluster, which gpufleet does not use.)"""
+    def _ended_reply(self) -> list[bytes]:
         with self._r.pipeline(transaction=False) as p:
+            self._scripts.take_ended(p)
+            return list(p.execute()[0])
+
+    def _take_ended(self, reply: list[bytes]) -> None:
+        """Take off the runs that ended since the last read or take (a take_ended reply)."""
+        if reply:
+            counts = {read_id(node_id): int(n) for node_id, n in zip(reply[::2], reply[1::2])}
+            self._nodes = self.router.ended(self._nodes, counts)
+
+    def _read_heads(self, priorities: Sequence[str], count: int, *, take_ended: bool
+                    ) -> list[list[tuple[str, JobSpec]]]:  # fmt: skip
+        """The first `count` job ids of each ingress with what routing needs of each job, in
+        one round trip (with `take_ended`, the runs that ended since are taken off in it too):
+        per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET rq:job:*->gf_needs`,
+        which reads a list range in order and each id's needs (nil when it has none) in one
+        command, instead of LRANGE + one HMGET per job. (SORT's GET patterns reach keys the
+        command does not name, as a script with built keys would: fine on one Redis, refused
+        by Redis Cluster, which gpufleet does not use.)"""
+        with self._r.pipeline(transaction=False) as p:
+            if take_ended:
+                self._scripts.take_ended(p)
             for priority in priorities:
                 p.sort(Keys.rq_queue(self._keys.ingress_queue(priority)), start=0, num=count, by="nosort",
                        get=list(ROUTING_GETS))  # fmt: skip
             replies = p.execute()
+        if take_ended:
+            self._take_ended(replies.pop(0))
         return [_routing_jobs(reply) for reply in replies]
 
     def _depths(self, priorities: Sequence[str]) -> list[int]:
@@ -201,12 +217,16 @@ class Dispatcher:
     def _pause(self, stop: threading.Event, rnd: Round | None) -> None:
         """Wait before the next round: not at all after moving jobs; else until a submit or a
         job's end wakes us (a job ending frees a slot, which the next round takes off) or the
-        next snapshot is due."""
+        next snapshot is due. When every node was full, first wait half the time until one is
+        expected to take work again (a node refilled in batches opens only after several ends,
+        and holds work for the latency beyond that), so those ends cost one round, not each one."""
         if rnd is None:  # standing by
             stop.wait(self._settings.lease_ttl_s / 3)
             return
         if rnd.moved:
             return
+        if rnd.full_for_s > 0:  # every node full: ends before a node can take work again only wake us for nothing
+            stop.wait(min(FULL_WAIT_SHARE * rnd.full_for_s, self._settings.snapshot_interval_s))
         self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
 
 

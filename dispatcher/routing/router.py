@@ -30,9 +30,9 @@ class Router:
     `max_node_queue=0` lifts the bound. `prefetch` is a floor. With the dispatch latency known
     (the loop measures each round), a node whose jobs are short next to it is refilled in
     batches: once full it takes work again only when `refill_step` jobs are free, enough that
-    the round costs at most ROUND_SHARE of their run time, and it holds that step plus what its
-    slots finish while the refill is on its way (capacity x latency / service time), so it
-    neither idles between refills nor costs a round per job. Either way a node holds about
+    the round costs at most ROUND_SHARE of their run time, and it holds that step plus twice
+    what its slots finish while a refill is on its way (capacity x latency / service time),
+    plus one, so it neither idles between refills nor costs a round per job. Either way a node holds about
     1 / ROUND_SHARE + 1 dispatch latencies of work at most (MAX_LATENCY_PREFETCH jobs beyond its
     slots); a node whose jobs take more than 10 latencies keeps the plain prefetch and takes
     work as soon as one slot is free.
@@ -60,13 +60,14 @@ class Router:
         return self.max_node_queue
 
     def prefetch_of(self, n: NodeState) -> int:
-        """Jobs `n` may hold beyond its slots: `prefetch`, or, when more, what its slots finish
-        while a refill is on its way (capacity x latency / service time) plus one refill."""
-        ratio = self._latency_per_job(n)
-        if not ratio:
+        """Jobs `n` may hold beyond its slots: `prefetch`, or, when more, one refill plus twice
+        what its slots finish while a refill is on its way (capacity x latency / service
+        time), plus one: the margin for a latency that varies from round to round."""
+        step = self.refill_step(n)
+        if step == 1:  # a latency under ROUND_SHARE of a job (or unknown): the plain prefetch covers it
             return self.prefetch
-        through = math.ceil(n.capacity * ratio)
-        return max(self.prefetch, min(MAX_LATENCY_PREFETCH, self.refill_step(n) + through))
+        through = math.ceil(2 * n.capacity * self._latency_per_job(n)) + 1
+        return max(self.prefetch, min(MAX_LATENCY_PREFETCH, step + through))
 
     def refill_step(self, n: NodeState) -> int:
         """How many jobs below its limit a full node must drop before it takes work again: 1,
@@ -115,6 +116,14 @@ class Router:
         for node_id, n_ended in counts.items():
             placement.release(node_id, n_ended)
         return placement.nodes()
+
+    def time_to_room(self, nodes: Sequence[NodeState]) -> float:
+        """About how long until a node of `nodes` (each full) may take work again: the fewest
+        seconds any accepting node needs to end the jobs that reopen it, at its service time.
+        Only nodes refilled in batches count (refill_step > 1: their service time is known and
+        short next to the dispatch latency, so this is a few latencies at most): 0 when any
+        other node is full (each of its ends may reopen it), or one has room or no bound."""
+        return self._placement(nodes).time_to_room()
 
     def free_room(self, nodes: Sequence[NodeState]) -> int | None:
         """How many more jobs the accepting nodes may hold (late binding), or None when one of
@@ -236,6 +245,19 @@ class Placement:
         if self.free_room is not None and self._state[node_id].accepting:
             self.free_room += freed
         self._ranking = None  # re-ranked at the next job with no needs: the node's score changed
+
+    def time_to_room(self) -> float:
+        """See Router.time_to_room."""
+        soonest = math.inf
+        for node_id, n in self._state.items():
+            limit = self._limit[node_id]
+            if not n.accepting:
+                continue
+            if limit is None or node_id in self._open or self._step[node_id] == 1:
+                return 0.0
+            to_end = self._held[node_id] - (limit - self._step[node_id])
+            soonest = min(soonest, to_end * n.service_time_s / max(1, n.capacity))
+        return 0.0 if soonest == math.inf else soonest
 
     def _room(self) -> list[NodeState]:
         """The records of the nodes with room, placements so far included."""

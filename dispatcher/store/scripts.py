@@ -265,6 +265,11 @@ class Scripts:
             args += [job_id, execution_id]
         pipeline.eval(_SOURCES["start_jobs"], len(keys), *keys, *args)
 
+    def take_ended(self, pipeline: Pipeline) -> None:
+        """Queue on `pipeline` the read and reset of the runs-ended counts (see take_ended.lua);
+        the reply is [node id, count, ...]."""
+        self._run["take_ended"](keys=[self._keys.dispatch_ended], client=pipeline)
+
     def claim_node(self, alive: str, token: str, ttl_ms: int, expected: str = "") -> tuple[bool, str | None]:
         """Claim a node id for incarnation `token` (see claim_node.lua): (claimed, current holder)."""
         reply = self._run["claim_node"](keys=[alive], args=[token, ttl_ms, expected])

@@ -215,19 +215,32 @@ def test_an_end_re_ranks_nodes_for_the_next_job() -> None:
 def test_a_node_faster_than_dispatch_holds_more_and_is_refilled_in_batches() -> None:
     """Jobs of 1 ms, a dispatch round of 1 ms: refilling job by job would cost a round per job,
     so a full node takes work again only when 10 are free (a round is then 10% of their run
-    time), and holds 1 more for the round's latency: 1 + 11 in all."""
+    time), and holds 3 more for the round's latency (twice what a slot ends meanwhile, plus
+    one): 1 + 13 in all."""
     router = Router(LeastConnections(), prefetch=2, dispatch_latency_s=0.001)
     fast, slow = node("fast", service_time_s=0.001), node("slow", service_time_s=0.5)
-    assert (router.limit(fast), router.refill_step(fast)) == (12, 10)
+    assert (router.limit(fast), router.refill_step(fast)) == (14, 10)
     assert (router.limit(slow), router.refill_step(slow)) == (3, 1)  # the plain prefetch: refilled job by job
     assert router.limit(node("tiny", service_time_s=1e-6)) == 1 + MAX_LATENCY_PREFETCH
-    assert router.limit(node("wide", capacity=4, service_time_s=0.004)) == 4 + 3 + 1  # 4 slots x 1/4
+    assert router.limit(node("wide", capacity=4, service_time_s=0.004)) == 4 + 3 + (2 * 1 + 1)  # 4 slots x 1/4
     moves, nodes = router.route(jobs(20), [fast])
-    assert len(moves) == 12
+    assert len(moves) == 14
     nodes = router.ended(nodes, {"fast": 9})
-    assert router.free_room(nodes) == 0  # 3 of 12 held: not yet
+    assert router.free_room(nodes) == 0  # 5 of 14 held: not yet
     nodes = router.ended(nodes, {"fast": 1})
     assert router.free_room(nodes) == 10
     moves, nodes = router.route(jobs(20), nodes)
     assert len(moves) == 10 and router.free_room(nodes) == 0
     assert Router(LeastConnections(), prefetch=2).limit(fast) == 3  # latency unknown: the plain prefetch
+
+
+def test_a_full_fleet_says_how_soon_a_node_takes_work_again() -> None:
+    """The dispatcher waits part of that before it looks again, so a node refilled in batches
+    costs a round per refill, not one per job that ends before it reopens."""
+    router = Router(LeastConnections(), prefetch=2, dispatch_latency_s=0.001)
+    fast = node("fast", service_time_s=0.001, running=1, queued=13)  # full (14); reopens at 4 held
+    slow = node("slow", service_time_s=0.5, capacity=2, running=2, queued=2)  # full (4); reopens at 3
+    assert math.isclose(router.time_to_room([fast, slow._replace(alive=False)]), 0.010)  # 10 more ends at 1 ms
+    assert router.time_to_room([fast, slow]) == 0.0  # each end of a node refilled job by job may reopen it
+    assert router.time_to_room([fast, node("idle")]) == 0.0  # one has room
+    assert router.time_to_room([slow._replace(alive=False)]) == 0.0  # none accepting: nothing to expect
