@@ -40,16 +40,25 @@ from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.results import Result
-from rq.utils import now, utcformat
+from rq.utils import current_timestamp, now, utcformat
 from rq.worker import WorkerStatus
 
 from gpufleet.dispatcher.fleet.node_claim import stop_mark
 from gpufleet.dispatcher.fleet.retry import may_retry, retry_delay_s
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
-from gpufleet.dispatcher.store.job import BatchCounter, FleetJob, wake_dispatcher
+from gpufleet.dispatcher.store.job import FleetJob, wake_dispatcher
 from gpufleet.dispatcher.store.keys import JobField, Keys
-from gpufleet.dispatcher.store.scripts import FencedWrites, JobStart, Scripts, StartStamp, Taker, TakeStart, read_id
+from gpufleet.dispatcher.store.scripts import (
+    FencedWrites,
+    Finish,
+    JobStart,
+    Scripts,
+    StartStamp,
+    Taker,
+    TakeStart,
+    read_id,
+)
 
 from . import context
 from .interrupts import RedisLost, TakenOver
@@ -324,49 +333,48 @@ class NodeWorker(SimpleWorker):
         self.scripts.put_back_job(self.taker, job.id)
 
     def record_successes(self, done: list[tuple[Job, Execution, Any]]) -> set[str]:
-        """What rq's handle_job_success leaves behind, for several jobs in one transaction: each
-        job finished with its ended_at, its Result, the finished registry, its expiry, its
-        execution gone from the started registry; batch counters and the dispatcher's wake-up.
-        Leaner than rq's per-job path, which re-saves the whole job HASH and handles dependents,
-        repeats and callbacks (gpufleet jobs have none). Each job's writes are fenced (written
-        only if its execution is still current, in the same atomic step); the same transaction
-        takes and starts the node queue's next job (take_job), which the loop then runs without
-        a round trip of its own. Returns the ids of the jobs whose results were late."""
+        """What rq's handle_job_success leaves behind, for several jobs in one transaction
+        (finish_jobs.lua): each job finished with its ended_at, its Result, the finished
+        registry, its expiry, its execution cleaned up; the worker's counters, batch counters
+        and the dispatcher's wake-up. Leaner than rq's per-job path, which re-saves the whole
+        job HASH and handles dependents, repeats and callbacks (gpufleet jobs have none). Each
+        job's writes are fenced (made only if its execution is still current, in the same
+        atomic step); the same transaction takes and starts the node queue's next job
+        (take_job), which the loop then runs without a round trip of its own. Returns the ids
+        of the jobs whose results were late."""
         if not done:
             return set()
-        writes = FencedWrites(self.connection)
-        for job, execution, value in done:
-            job._result, job._status = value, JobStatus.FINISHED
-            ttl = job.get_result_ttl(self.default_result_ttl)
-            p = writes.group(execution.composite_key)
-            p.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": utcformat(job.ended_at)})
-            Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=value, worker_name=self.name, pipeline=p,
-                          execution_id=execution.id, execution_started_at=execution.created_at,
-                          execution_ended_at=job.ended_at)  # fmt: skip
-            if ttl:
-                job.finished_job_registry.add(job, ttl, p)
-            if ttl and ttl > 0:  # rq's job.cleanup also expires dependents' keys: gpufleet jobs have none
-                p.expire(job.key, ttl)
-            self.increment_successful_job_count(pipeline=p)
-            self.increment_total_working_time(job.ended_at - job.started_at, p)
-            if isinstance(job, FleetJob) and job.batch_id:
-                p.hincrby(self.keys.batch_info(job.batch_id), BatchCounter.FINISHED, 1)
-                p.rpush(self.keys.batch_ended(job.batch_id), job.id)
-            self.cleanup_execution(job, pipeline=writes.group(), execution=execution)  # ours, late or not
-        mine = writes.group()
-        wake_dispatcher(mine, self.keys)
-        self.set_state(WorkerStatus.IDLE, pipeline=mine)
+        finishes = [self._finish(job, execution, value) for job, execution, value in done]
+        self._state = WorkerStatus.IDLE  # what finish_jobs writes
         start = self._take_start(1) if self._may_take_next() else None
         with self.connection.pipeline() as p:
-            self.scripts.apply_fenced(p, self.node_id, writes)
+            self.scripts.finish_jobs(p, self.node_id, self.name, finishes)
             if start:
                 self.scripts.take_job(self.taker, start, pipeline=p)
             replies = p.execute()
-        applied = replies[0][0:2 * len(done):2]  # a job's group, then its cleanup's
-        late = {job.id for (job, _, _), flag in zip(done, applied) if not flag}
+        late = {job.id for (job, _, _), flag in zip(done, replies[0]) if not flag}
+        for _, execution, _ in done:
+            self.executions.pop(execution.id, None)
         if start and (taken := self._started(replies[1], start)):
             self._taken = taken[0]
         return late
+
+    def _finish(self, job: Job, execution: Execution, value: Any) -> Finish:
+        """What finish_jobs writes for `job`'s success, in rq's formats (Result.serialize, the
+        registry's score as FinishedJobRegistry.add computes it)."""
+        job._result, job._status = value, JobStatus.FINISHED
+        ttl = job.get_result_ttl(self.default_result_ttl)
+        result = Result(job.id, Result.Type.SUCCESSFUL, self.connection, return_value=value, worker_name=self.name,
+                        serializer=job.serializer, execution_id=execution.id,
+                        execution_started_at=execution.created_at, execution_ended_at=job.ended_at)  # fmt: skip
+        score: float | str = ""
+        if ttl:
+            score = ttl if ttl < 0 else current_timestamp() + ttl
+            score = "+inf" if score == -1 else score
+        ended_at = job.ended_at or now()  # set by the record step (job_run._record)
+        working_s = (ended_at - job.started_at).total_seconds() if job.started_at else 0.0
+        return Finish(job.id, execution.id, utcformat(ended_at), "" if ttl is None else str(ttl), str(score),
+                      working_s, job.batch_id if isinstance(job, FleetJob) else "", result.serialize())  # fmt: skip
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Execution | None = None, *, retry: bool = True) -> bool:  # fmt: skip

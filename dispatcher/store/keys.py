@@ -164,6 +164,12 @@ class Keys:
     def rq_worker_executions(worker_name: str) -> str:  # SET of "job_id:execution_id" a worker runs (rq's)
         return f"rq:worker:{worker_name}:executions"
 
+    RQ_RESULTS_PREFIX = "rq:results:"  # + job id (scripts build the key from it)
+
     @staticmethod
     def rq_results(job_id: str) -> str:  # STREAM of rq Results, newest last (rq's own key)
-        return f"rq:results:{job_id}"
+        return f"{Keys.RQ_RESULTS_PREFIX}{job_id}"
+
+    @staticmethod
+    def rq_finished(name: str) -> str:  # ZSET job id -> expiry: jobs finished from queue `name` (rq's)
+        return f"rq:finished:{name}"

@@ -20,6 +20,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.utils import now, utcformat
 
+from .job import BatchCounter
 from .keys import RQ_QUEUES, JobField, Keys
 
 _LUA = {f.name.removesuffix(".lua"): f.read_text(encoding="utf-8")
@@ -30,8 +31,11 @@ _INCLUDE = re.compile(r"^--@include (_\w+)$", re.MULTILINE)
 def _source(text: str) -> str:
     """A script's source with each library it names ("--@include _name": lua/_name.lua) in
     place of that line: Redis scripts cannot call each other, so code two scripts share (the
-    start of a job) lives once, in a library, and is put into each."""
-    return _INCLUDE.sub(lambda m: _LUA[m.group(1)], text)
+    start of a job) lives once, in a library, and is put into each. Lines that are only a
+    comment are left out: the scripts a worker runs in a transaction go as EVAL with their
+    source on every job, and their comments were three quarters of its bytes."""
+    code = _INCLUDE.sub(lambda m: _LUA[m.group(1)], text).splitlines()
+    return "\n".join(line for line in code if line.strip() and not line.lstrip().startswith("--")) + "\n"
 
 
 _SOURCES = {name: _source(text) for name, text in _LUA.items() if not name.startswith("_")}
@@ -105,6 +109,21 @@ class TakeStart:
 
     stamp: StartStamp
     execution_ids: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One success for finish_jobs: the job's run, and what rq's success path writes for it
+    (times and scores as rq formats them; see lua/finish_jobs.lua)."""
+
+    job_id: str
+    execution_id: str
+    ended_at: str  # rq.utils.utcformat
+    ttl: str  # the result TTL: "" none, "-1" never expires, else seconds
+    finished_score: str  # the finished registry's score; "" when rq would not add the job
+    working_s: float  # started_at to ended_at, for the worker's total_working_time
+    batch_id: str  # "" for a job of no batch
+    result: Mapping[str, Any]  # rq's Result.serialize() of the success
 
 
 @dataclass(frozen=True)
@@ -253,6 +272,23 @@ class Scripts:
         keys = [Keys.rq_started(self._keys.node_queue(node_id)), self._keys.dispatch_ended]
         pipeline.eval(_SOURCES["apply_fenced"], len(keys), *keys, node_id, *writes.args())
 
+    def finish_jobs(self, pipeline: Pipeline, node_id: str, worker: str, finishes: Sequence[Finish]) -> None:
+        """Queue on `pipeline` the record of these successes of one run on `node_id` (see
+        finish_jobs.lua); the reply is 1 (recorded) or 0 (late) per job. EVAL with the source,
+        as take_job (they share the recording transaction)."""
+        queue = self._keys.node_queue(node_id)
+        keys = [Keys.rq_started(queue), self._keys.dispatch_ended, Keys.rq_worker(worker),
+                Keys.rq_worker_executions(worker), Keys.rq_finished(queue), self._keys.dispatch_wakeup]  # fmt: skip
+        args: list[Any] = [node_id, Keys.rq_job(""), Keys.RQ_RESULTS_PREFIX, Keys.RQ_EXECUTION_PREFIX,
+                           Keys.RQ_EXECUTIONS_PREFIX, BatchCounter.FINISHED]  # fmt: skip
+        for f in finishes:
+            batch = (self._keys.batch_info(f.batch_id), self._keys.batch_ended(f.batch_id)) if f.batch_id else ("", "")
+            args += [f.job_id, f.execution_id, f.ended_at, f.ttl, f.finished_score, repr(f.working_s), *batch,
+                     len(f.result)]  # fmt: skip
+            for field, value in f.result.items():
+                args += [field, value]
+        pipeline.eval(_SOURCES["finish_jobs"], len(keys), *keys, *args)
+
     def start_jobs(self, pipeline: Pipeline, start: JobStart) -> None:
         """Queue on `pipeline` the start of `start.jobs` (see start_jobs.lua); the reply is
         [owner, flag per job]. EVAL with the source, as take_job (the pipeline holds rq's
@@ -267,8 +303,9 @@ class Scripts:
 
     def take_ended(self, pipeline: Pipeline) -> None:
         """Queue on `pipeline` the read and reset of the runs-ended counts (see take_ended.lua);
-        the reply is [node id, count, ...]."""
-        self._run["take_ended"](keys=[self._keys.dispatch_ended], client=pipeline)
+        the reply is [node id, count, ...]. EVAL with the source: a Script queued on a pipeline
+        makes redis-py ask SCRIPT EXISTS first, a round trip of its own on every execute."""
+        pipeline.eval(_SOURCES["take_ended"], 1, self._keys.dispatch_ended)
 
     def claim_node(self, alive: str, token: str, ttl_ms: int, expected: str = "") -> tuple[bool, str | None]:
         """Claim a node id for incarnation `token` (see claim_node.lua): (claimed, current holder)."""
