@@ -48,6 +48,7 @@ class Round:
     moved: int  # jobs moved to node queues
     waiting: int  # jobs seen in the ingress that stayed there
     full_for_s: float = 0.0  # no node had room: about how long until one has (Router.time_to_room)
+    drained: bool = False  # every job the ingresses held when read was placed: no need to look again at once
 
 
 class Dispatcher:
@@ -108,7 +109,8 @@ class Dispatcher:
             rnd = self._finish(began, fresh, started, moved_to, 0, sum(self._depths(order)) if fresh else 0)
             return Round(0, rnd.waiting, self.router.time_to_room(self._nodes))
         batch = self._settings.dispatch_batch
-        heads = self._read_heads(order, batch if room is None else min(room, batch), take_ended=not ended_taken)
+        count = batch if room is None else min(room, batch)
+        heads = self._read_heads(order, count, take_ended=not ended_taken)
         room = self.router.free_room(self._nodes)  # with what ended taken off
         for priority, jobs in zip(order, heads):
             slots = batch if room is None else min(room, batch)
@@ -129,7 +131,9 @@ class Dispatcher:
             waiting += len(jobs) - len(moves)
             if room is not None:
                 room -= len(moves)  # each placement took one free slot of a bounded node
-        return self._finish(began, fresh, started, moved_to, moved, waiting)
+        rnd = self._finish(began, fresh, started, moved_to, moved, waiting)
+        drained = not waiting and all(len(jobs) < count for jobs in heads)
+        return Round(rnd.moved, rnd.waiting, drained=drained)
 
     def _finish(self, began: float, fresh: bool, started: float, moved_to: list[str], moved: int, waiting: int
                 ) -> Round:  # fmt: skip
@@ -215,15 +219,15 @@ class Dispatcher:
                 self.lease.release()
 
     def _pause(self, stop: threading.Event, rnd: Round | None) -> None:
-        """Wait before the next round: not at all after moving jobs; else until a submit or a
-        job's end wakes us (a job ending frees a slot, which the next round takes off) or the
+        """Wait before the next round: not at all after moving jobs while more may wait; else
+        until a submit or a job's end wakes us (a job ending frees a slot, which the next round takes off) or the
         next snapshot is due. When every node was full, first wait half the time until one is
         expected to take work again (a node refilled in batches opens only after several ends,
         and holds work for the latency beyond that), so those ends cost one round, not each one."""
         if rnd is None:  # standing by
             stop.wait(self._settings.lease_ttl_s / 3)
             return
-        if rnd.moved:
+        if rnd.moved and not rnd.drained:  # more may wait: route them now
             return
         if rnd.full_for_s > 0:  # every node full: ends before a node can take work again only wake us for nothing
             stop.wait(min(FULL_WAIT_SHARE * rnd.full_for_s, self._settings.snapshot_interval_s))

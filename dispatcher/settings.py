@@ -25,7 +25,7 @@ class Settings:
     heartbeat_ttl_s: float = 5.0  # liveness key TTL: a few heartbeat periods
     snapshot_interval_s: float = 0.15  # how often the dispatcher re-reads node heartbeats
     dispatch_batch: int = 1000  # job ids read from an ingress per routing round (at most the free room)
-    prefetch: int = 2  # a node holds at most capacity + prefetch jobs (late binding)
+    prefetch: int = 2  # a node holds at most capacity + prefetch jobs (late binding); more for short jobs (Router)
     max_node_queue: int = -1  # -1: capacity + prefetch; 0: unbounded; N: at most N per node
     policy: str = "shortest-expected-delay"
     low_share: float = 0.05  # share of routing rounds that serve the low ingress first

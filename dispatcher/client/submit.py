@@ -83,15 +83,13 @@ class Submitter:
         self._r = r
         self._settings = settings
         self._keys = Keys(settings.namespace)
+        self._scripts = Scripts(r, self._keys)
 
     def start_batch(self, batch_id: str | None, size: int, func: str | None) -> str:
         """Claim a batch id (a new one when None); a name already in use is refused."""
         batch_id = batch_id or new_batch_id()
-        created = self._r.hsetnx(self._keys.batch_info(batch_id), BatchCounter.SIZE, size)
-        if not created:
+        if not self._scripts.start_batch(batch_id, size, func or "", time.time()):
             raise GpufleetError(f"batch {batch_id!r} already exists; choose another --batch name")
-        self._r.hset(self._keys.batch_info(batch_id), mapping={"created_at": time.time(), "func": func or ""})
-        self._r.zadd(self._keys.batches, {batch_id: time.time()})  # lets `gpufleet top` list batches
         return batch_id
 
     def enqueue(self, specs: Iterable[JobSpec], batch_id: str, progress: Progress | None = None) -> int:

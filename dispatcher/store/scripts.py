@@ -307,6 +307,14 @@ class Scripts:
         makes redis-py ask SCRIPT EXISTS first, a round trip of its own on every execute."""
         pipeline.eval(_SOURCES["take_ended"], 1, self._keys.dispatch_ended)
 
+    def start_batch(self, batch_id: str, size: int, func: str, created_at: float) -> bool:
+        """Claim `batch_id` with its size, creation time and function, unless a batch of that id
+        exists (see start_batch.lua); whether it was claimed. The batch joins keys.batches,
+        which lets `gpufleet top` list it."""
+        keys = [self._keys.batch_info(batch_id), self._keys.batches]
+        args: list[str | int] = [BatchCounter.SIZE, size, repr(created_at), func, batch_id]
+        return bool(self._run["start_batch"](keys=keys, args=args) == 1)
+
     def claim_node(self, alive: str, token: str, ttl_ms: int, expected: str = "") -> tuple[bool, str | None]:
         """Claim a node id for incarnation `token` (see claim_node.lua): (claimed, current holder)."""
         reply = self._run["claim_node"](keys=[alive], args=[token, ttl_ms, expected])

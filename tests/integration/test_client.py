@@ -143,7 +143,7 @@ def test_map_raises_job_failed_and_cancels_what_has_not_started(fleet: LocalFlee
     """Given one single-slot node, when job 1 fails map raises JobFailed naming it at job 1,
     and the jobs not started by then are canceled (nobody will read them)."""
     start(fleet, client, SimNode("f1"))
-    inputs = [{"cost": 0}, {"cost": 0, "fail": True}] + [{"cost": 0.5}] * 4
+    inputs = [{"cost": 0}, {"cost": 0, "fail": True}] + [{"cost": 1.0}] * 4  # long next to a poll (<= 0.2 s)
     values = client.map(SYNTHETIC, inputs, batch="failing")
     assert next(values)["input"] == {"cost": 0}
     with pytest.raises(JobFailed, match=r"job 1 of batch 'failing' failed on node f1: RuntimeError: synthetic"):
