@@ -93,6 +93,7 @@ class NodeWorker(SimpleWorker):
         self._models_reported = 0
         self._taken: tuple[Job, Execution] | None = None  # next job, taken and started with the last one recorded
         self._prestarted: dict[str, Execution] = {}  # jobs dequeued already started by their take: start() skips them
+        self._found_empty = False  # the last record's take found the node queue empty: wait for a wake-up first
 
     # -- the loop -------------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
@@ -179,7 +180,8 @@ class NodeWorker(SimpleWorker):
         """Take and start the node queue's head, waiting on the node's wake-up list while it is
         empty (unless not `wait`); None when empty and not waiting."""
         while True:
-            taken = self.take_started(1)
+            taken = [] if self._found_empty and wait else self.take_started(1)
+            self._found_empty = False  # a job routed here since leaves a token in the wake-up list
             if taken:
                 return taken[0]
             if not wait or self._stop_requested:
@@ -355,8 +357,11 @@ class NodeWorker(SimpleWorker):
         late = {job.id for (job, _, _), flag in zip(done, replies[0]) if not flag}
         for _, execution, _ in done:
             self.executions.pop(execution.id, None)
-        if start and (taken := self._started(replies[1], start)):
-            self._taken = taken[0]
+        if start:
+            taken = self._started(replies[1], start)
+            if taken:
+                self._taken = taken[0]
+            self._found_empty = not taken
         return late
 
     def _finish(self, job: Job, execution: Execution, value: Any) -> Finish:

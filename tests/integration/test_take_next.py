@@ -102,3 +102,29 @@ def test_a_taken_job_goes_back_to_the_head_of_the_queue_when_the_loop_ends_first
     scripts = Scripts(r, Keys(settings.namespace))
     assert not scripts.put_back_started(worker.taker, worker.name, ids[1], "x")  # not started: left alone
     assert ids_in(r, queue.key) == ids[1:]
+
+
+def test_an_idle_worker_waits_for_a_wake_up_before_looking_again_at_a_queue_it_just_found_empty(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record that found the node queue empty was the look: the idle loop goes straight to
+    the wake-up list (a job routed here since left a token there), one round trip a job less."""
+    jobs_on_node(r, settings, 1)
+    worker = node_worker(r, settings)
+    calls: list[str] = []
+    real = Scripts.take_job
+
+    def counting(self: Scripts, taker: Taker, start: TakeStart, pipeline: Any = None) -> Any:
+        calls.append("take" if pipeline is None else "take in the record")
+        return real(self, taker, start, pipeline)
+
+    def blpop(keys: Any, timeout: float) -> None:
+        calls.append("wait")
+        jobs_on_node(r, settings, 1)  # the dispatcher routes one meanwhile
+
+    monkeypatch.setattr(Scripts, "take_job", counting)
+    job, queue = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    worker.execute_job(job, queue)
+    monkeypatch.setattr(worker.connection, "blpop", blpop)
+    assert worker.dequeue_job_and_maintain_ttl(timeout=1) is not None
+    assert calls == ["take", "take in the record", "wait", "take"]
