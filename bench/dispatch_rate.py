@@ -32,6 +32,12 @@ controlled: compare medians, and the ratio to the baseline run on the same machi
     python bench/dispatch_rate.py --pin --profile      # + cProfile of one routing run (top 25 by tottime)
     python bench/dispatch_rate.py --pin --stages --no-latency   # wall us/job per step of a round, beside Redis's own
     python bench/dispatch_rate.py --no-latency --batch 200 --jobs 50000 --runs 5
+    python bench/dispatch_rate.py --churn --nodes 1000 --batch 1000 --runs 3   # routing while consumed
+
+Routing while consumed (`--churn`): nodes of capacity 1 under the default bound, and a consumer
+process that, in a loop, ends every job it finds in the node queues at once (counted for the
+dispatcher as a worker's record step counts it) and wakes the dispatcher, which runs its own
+loop until every job has moved: the routing rate when every job needs a freed slot.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ import argparse
 import cProfile
 import json
 import math
+import multiprocessing
 import os
 import pstats
 import random
 import statistics
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -202,6 +210,67 @@ def routing_trial(r: Redis, url: str, n: int, nodes: int, batch: int, max_node_q
             "by_command": {k: round(v / n, 3) for k, v in sorted(stats.items(), key=lambda kv: -kv[1])}}  # fmt: skip
 
 
+# What every worker of the fleet would do, at once and in no time: each node's queued jobs end
+# (counted for the dispatcher as the record step counts them, keys.dispatch_ended) and the
+# dispatcher is woken. KEYS: the ended HASH, the dispatcher's wake-up list, then the node
+# queues; ARGV: the node ids in the same order. Returns the jobs consumed.
+CONSUME = """
+local consumed = 0
+for i = 3, #KEYS do
+    local n = redis.call("LLEN", KEYS[i])
+    if n > 0 then
+        redis.call("DEL", KEYS[i])
+        redis.call("HINCRBY", KEYS[1], ARGV[i - 2], n)
+        consumed = consumed + n
+    end
+end
+if consumed > 0 then
+    redis.call("RPUSH", KEYS[2], 1)
+    redis.call("LTRIM", KEYS[2], 0, 0)
+end
+return consumed
+"""
+
+
+def churn_trial(r: Redis, url: str, n: int, nodes: int, batch: int, trial: str) -> dict[str, Any]:
+    """Routing while the fleet consumes: nodes of capacity 1 under the default bound (a node
+    holds 3 unless its jobs are short next to the dispatch latency), so every job needs a slot
+    that a consumer freed. A consumer process runs CONSUME in a loop (no pause); the dispatcher
+    runs its loop (`dispatch_once`, then `_pause`, woken by the consumer) until every job has
+    moved. jobs/s = N / wall."""
+    r.flushall()
+    settings = Settings(redis_url=url, namespace=f"ch{trial}", dispatch_batch=batch, heartbeat_interval_s=1.0,
+                        heartbeat_ttl_s=3600.0)  # fmt: skip
+    keys = Keys(settings.namespace)
+    node_ids = [f"node-{i:03d}" for i in range(nodes)]
+    write_heartbeats(r, keys, node_ids, ttl_s=settings.heartbeat_ttl_s)
+    submitter = Submitter(r, settings)
+    submitter.enqueue((JobSpec(FUNC, i) for i in range(n)), submitter.start_batch(None, n, FUNC))
+    d = Dispatcher(r, settings, make_policy(settings.policy))
+    d.refresh()
+    consume_keys = [keys.dispatch_ended, keys.dispatch_wakeup, *(Keys.rq_queue(keys.node_queue(i)) for i in node_ids)]
+    done = multiprocessing.Event()
+    consumer = multiprocessing.Process(target=consume_until, args=(url, consume_keys, node_ids, done), daemon=True)
+    stop, rounds = threading.Event(), 0
+    consumer.start()
+    start = time.perf_counter()
+    while d.moved_total < n:
+        d._pause(stop, d.dispatch_once())
+        rounds += 1
+    wall = time.perf_counter() - start
+    done.set()
+    consumer.join()
+    return {"jobs": n, "nodes": nodes, "batch": batch, "wall_s": wall, "rate": n / wall, "rounds": rounds,
+            "limit_per_node": d.router.limit(d._nodes[0]), "dispatch_latency_ms": d.router.dispatch_latency_s * 1000}
+
+
+def consume_until(url: str, keys: list[str], node_ids: list[str], done: Any) -> None:
+    """The consumer process: CONSUME in a loop until `done` is set."""
+    consume = Redis.from_url(url).register_script(CONSUME)
+    while not done.is_set():
+        consume(keys=keys, args=node_ids)
+
+
 def check_moved(r: Redis, keys: Keys, batch_id: str, n: int, node_ids: list[str]) -> None:
     """Every job left the ingress, sits in one node queue, and its origin and node say so."""
     ingress = Keys.rq_queue(keys.ingress_queue("normal"))
@@ -284,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-jobs", type=int, default=300, help="Jobs per latency run, one at a time.")
     ap.add_argument("--latency-workers", type=int, default=2, help="Worker processes (nodes) in the latency runs.")
     ap.add_argument("--gap-ms", type=float, default=30.0, help="Idle time between latency jobs (jittered 0.5x-1.5x).")
+    ap.add_argument("--churn", action="store_true",
+                    help="Routing while a consumer frees the slots (capacity 1, default bound): no latency runs.")
     ap.add_argument("--no-latency", action="store_true", help="Routing rate only.")
     ap.add_argument("--no-rate", action="store_true", help="Latency only.")
     ap.add_argument("--pin", action="store_true",
@@ -302,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = cProfile.Profile() if args.profile else None
     if args.stages:
         time_stages()
+    if args.churn:
+        return churn_main(args, batches)
     with RedisServer() as server:
         r = Redis.from_url(server.url, connection_class=CountingConnection)
         result["redis_version"] = r.info("server")["redis_version"]
@@ -360,6 +433,27 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(result, args)
     if profile:
         pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    return 0
+
+
+def churn_main(args: argparse.Namespace, batches: list[int]) -> int:
+    rows = []
+    with RedisServer() as server:
+        r = Redis.from_url(server.url)
+        for run in range(args.runs):
+            for batch in batches:
+                row = churn_trial(r, server.url, args.jobs, args.nodes, batch, f"{run}b{batch}")
+                rows.append(row)
+                print(f"churn run {run} batch {batch:5}: {row['rate']:9,.0f} jobs/s  wall {row['wall_s']:.3f} s  "
+                      f"{row['rounds']} rounds, node limit {row['limit_per_node']}, dispatch latency "
+                      f"{row['dispatch_latency_ms']:.2f} ms", file=sys.stderr, flush=True)  # fmt: skip
+    for batch in batches:
+        rates = [row["rate"] for row in rows if row["batch"] == batch]
+        print(f"routing while consumed: {args.jobs:,} jobs, {args.nodes} nodes of capacity 1, default bound, "
+              f"batch {batch}: median {statistics.median(rates):,.0f} jobs/s (min {min(rates):,.0f} - max "
+              f"{max(rates):,.0f}), {args.runs} run(s), nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
+    if args.json:
+        print(json.dumps(rows, indent=2))
     return 0
 
 
