@@ -1,6 +1,7 @@
-"""The heartbeat: every interval, one script call (beat.lua, one round trip) that writes the
-node's HASH, refreshes its liveness key (value: this process's incarnation, TTL) and registers
-the node, unless another process has taken the node over. The fields are the message format
+"""The heartbeat: every interval (and at once when the node's speed changes a lot), one script
+call (beat.lua, one round trip) that writes the node's HASH, refreshes its liveness key
+(value: this process's incarnation, TTL) and registers the node, unless another process has
+taken the node over. The fields are the message format
 `dispatcher.models.NodeState.from_hash` parses.
 
 It runs in the node's own process, beside the job slots' processes: a job that holds the GIL
@@ -94,9 +95,24 @@ def heartbeat_fields(info: NodeInfo, view: StatsView, reading: Reading, *, model
     return fields
 
 
+SPEED_CHECKS_PER_INTERVAL = 10  # how often between two beats the service time is looked at
+SPEED_CHANGE = 2.0  # a service time this many times longer or shorter than the last one sent: beat now
+
+
+def speed_changed(sent_s: float, now_s: float) -> bool:
+    """Whether the service time moved enough since the last beat to tell the dispatcher at
+    once: routing ranks nodes by it, and it decides whether a node's short jobs are refilled
+    in batches. A new node starts from a guess (1 s), so its first jobs move it most."""
+    if sent_s <= 0 or now_s <= 0:
+        return sent_s != now_s
+    return max(sent_s / now_s, now_s / sent_s) >= SPEED_CHANGE
+
+
 class Heartbeat(threading.Thread):
-    """Sends a heartbeat every `interval_s` until stopped; survives Redis outages (one log line).
-    If another process has taken the node over, it stops beating and calls `on_taken_over`."""
+    """Sends a heartbeat every `interval_s` until stopped, and at once when the node's service
+    time has moved SPEED_CHANGE-fold since the last one; survives Redis outages (one log
+    line). If another process has taken the node over, it stops beating and calls
+    `on_taken_over`."""
 
     def __init__(self, scripts: Scripts, info: NodeInfo, stats: NodeStats, probe: Probe, *, interval_s: float,
                  ttl_s: float, on_taken_over: Callable[[], None] = lambda: None,
@@ -107,11 +123,13 @@ class Heartbeat(threading.Thread):
         self._on_taken_over = on_taken_over
         self._server = server  # a forwarder's inference server, watched in a thread of its own
         self._stop_event = threading.Event()
+        self._sent_service_s = 0.0  # the service time the last beat sent
         self.taken_over = False
 
     def beat(self) -> bool:
         """One heartbeat; False (and nothing written) once another process holds the node."""
         view = self._stats.view()
+        self._sent_service_s = view.service_time_s
         models = tuple(sorted(context.current().models | self._stats.models()))
         server = self._server.state if self._server else None
         fields = heartbeat_fields(self._info, view, self._probe.read(), models=models, server=server)
@@ -136,7 +154,14 @@ class Heartbeat(threading.Thread):
                     failing = True
             except Exception:
                 log.exception("heartbeat error node=%s", self._info.node_id)
-            self._stop_event.wait(self._interval_s)
+            self._wait_for_next_beat()
+
+    def _wait_for_next_beat(self) -> None:
+        """Until the interval has passed, or the service time has moved enough to beat early."""
+        check_s = self._interval_s / SPEED_CHECKS_PER_INTERVAL
+        for _ in range(SPEED_CHECKS_PER_INTERVAL):
+            if self._stop_event.wait(check_s) or speed_changed(self._sent_service_s, self._stats.service_time_s()):
+                return
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -86,6 +86,10 @@ class NodeStats:
                 self._v[_BUSY_S] += t - max(self._started[slot], self._v[_WINDOW_START])
                 self._started[slot] = -1.0
 
+    def service_time_s(self) -> float:
+        """The EWMA service time now (reads nothing else and resets nothing, unlike `view`)."""
+        return float(self._v[_SERVICE_S])
+
     def view(self) -> StatsView:
         """The counters now; the busy fraction covers the time since the previous view."""
         with self._lock:

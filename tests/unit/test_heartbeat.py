@@ -9,7 +9,7 @@ import pytest
 from gpufleet.dispatcher.fleet.snapshot import read_nodes
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.worker.gpu import CpuProbe, GpuReading, NvmlProbe, Reading, make_probe
-from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
+from gpufleet.worker.heartbeat import Heartbeat, NodeInfo, heartbeat_fields, speed_changed
 from gpufleet.worker.stats import NodeStats, StatsView
 from tests.conftest import write_heartbeat
 
@@ -98,3 +98,32 @@ def test_without_nvml_the_cpu_probe_takes_over_with_a_warning(monkeypatch: pytes
 
 def test_the_sim_probe_reports_busy_fraction_as_gpu_utilization() -> None:
     assert make_probe("sim", lambda: 0.7).read().gpu_util == 0.7
+
+
+def test_a_node_beats_early_when_its_speed_moves_twofold() -> None:
+    """A new node's service time starts from a 1 s guess; its first short jobs move it, and the
+    dispatcher hears of it at the next check (a tenth of the interval), not the next beat."""
+    assert speed_changed(1.0, 0.4) and speed_changed(0.01, 0.02) and speed_changed(0.0, 0.5)
+    assert not speed_changed(1.0, 0.6) and not speed_changed(0.01, 0.015)
+
+    class Scripts:
+        def beat(self, *args: object) -> bool:
+            return True
+
+    stats = NodeStats()
+    hb = Heartbeat(Scripts(), NodeInfo("n"), stats, make_probe("sim", lambda: 0.0),  # type: ignore[arg-type]
+                   interval_s=1.0, ttl_s=5.0)
+    waits: list[float] = []
+    hb._stop_event.wait = lambda timeout=None: bool(waits.append(timeout or 0.0))  # type: ignore[method-assign, func-returns-value]
+    hb.beat()
+    hb._wait_for_next_beat()
+    assert waits == [0.1] * 10  # nothing moved: the whole interval
+    for _ in range(5):
+        stats.job_ended(0.001, True)  # 1.0 -> 0.33
+    waits.clear()
+    hb._wait_for_next_beat()
+    assert waits == [0.1]  # at the first check
+    hb.beat()
+    waits.clear()
+    hb._wait_for_next_beat()
+    assert len(waits) == 10  # sent: quiet again
