@@ -124,6 +124,11 @@ def test_a_node_beats_early_when_its_speed_moves_twofold() -> None:
     hb._wait_for_next_beat()
     assert waits == [0.1]  # at the first check
     hb.beat()
+    for _ in range(10):
+        stats.job_ended(1.0, True)  # back near 1 s: moved again, but the last beat came early
     waits.clear()
     hb._wait_for_next_beat()
-    assert len(waits) == 10  # sent: quiet again
+    assert len(waits) == 10  # a whole interval: at most two beats an interval
+    waits.clear()
+    hb._wait_for_next_beat()
+    assert waits == [0.1]  # then early again
