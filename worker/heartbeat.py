@@ -158,16 +158,21 @@ class Heartbeat(threading.Thread):
             self._wait_for_next_beat()
 
     def _wait_for_next_beat(self) -> None:
-        """Until the interval has passed, or the service time has moved enough to beat early.
-        After an early beat the next wait is a whole interval: at most two beats an interval,
-        however a node's job mix swings its average (1,000 nodes must not beat 10,000 times a
-        second)."""
+        """Until the interval has passed, or the service time has moved enough to beat early
+        and has settled there (moved less than that since the check before: a new node's
+        average falls fast at first, and the beat sends where it lands). After an early beat
+        the next wait is a whole interval: at most two beats an interval, however a node's job
+        mix swings its average (1,000 nodes must not beat 10,000 times a second)."""
         check_s = self._interval_s / SPEED_CHECKS_PER_INTERVAL
         early, self._early = self._early, False
+        looked_s = self._stats.service_time_s()
         for _ in range(SPEED_CHECKS_PER_INTERVAL):
             if self._stop_event.wait(check_s):
                 return
-            if not early and speed_changed(self._sent_service_s, self._stats.service_time_s()):
+            now_s = self._stats.service_time_s()
+            settled = not speed_changed(looked_s, now_s)
+            looked_s = now_s
+            if not early and settled and speed_changed(self._sent_service_s, now_s):
                 self._early = True
                 return
 

@@ -100,9 +100,10 @@ def test_the_sim_probe_reports_busy_fraction_as_gpu_utilization() -> None:
     assert make_probe("sim", lambda: 0.7).read().gpu_util == 0.7
 
 
-def test_a_node_beats_early_when_its_speed_moves_twofold() -> None:
+def test_a_node_beats_early_when_its_speed_moves_twofold_and_settles() -> None:
     """A new node's service time starts from a 1 s guess; its first short jobs move it, and the
-    dispatcher hears of it at the next check (a tenth of the interval), not the next beat."""
+    dispatcher hears of it at the first check (a tenth of the interval) where it has settled,
+    not at the next beat; at most one early beat between two regular ones."""
     assert speed_changed(1.0, 0.4) and speed_changed(0.01, 0.02) and speed_changed(0.0, 0.5)
     assert not speed_changed(1.0, 0.6) and not speed_changed(0.01, 0.015)
 
@@ -114,21 +115,30 @@ def test_a_node_beats_early_when_its_speed_moves_twofold() -> None:
     hb = Heartbeat(Scripts(), NodeInfo("n"), stats, make_probe("sim", lambda: 0.0),  # type: ignore[arg-type]
                    interval_s=1.0, ttl_s=5.0)
     waits: list[float] = []
-    hb._stop_event.wait = lambda timeout=None: bool(waits.append(timeout or 0.0))  # type: ignore[method-assign, func-returns-value]
+    during: list[float] = []  # job durations that end during the next check's wait, one per wait
+
+    def wait(timeout: float | None = None) -> bool:
+        waits.append(timeout or 0.0)
+        if during:
+            duration = during.pop(0)
+            for _ in range(10):
+                stats.job_ended(duration, True)
+        return False
+
+    hb._stop_event.wait = wait  # type: ignore[method-assign]
     hb.beat()
     hb._wait_for_next_beat()
     assert waits == [0.1] * 10  # nothing moved: the whole interval
-    for _ in range(5):
-        stats.job_ended(0.001, True)  # 1.0 -> 0.33
     waits.clear()
+    during[:] = [0.001, 0.001]  # 1.0 -> 0.1 during the first check, -> 0.01 during the second
     hb._wait_for_next_beat()
-    assert waits == [0.1]  # at the first check
+    assert waits == [0.1] * 3  # still falling at the second check, settled at the third: beat
     hb.beat()
-    for _ in range(10):
-        stats.job_ended(1.0, True)  # back near 1 s: moved again, but the last beat came early
     waits.clear()
+    during[:] = [1.0]  # back near 1 s at once
     hb._wait_for_next_beat()
-    assert len(waits) == 10  # a whole interval: at most two beats an interval
+    assert len(waits) == 10  # the last beat came early: a whole interval
     waits.clear()
+    hb._sent_service_s = 0.01  # as if the regular beat had not seen the change either
     hb._wait_for_next_beat()
-    assert waits == [0.1]  # then early again
+    assert waits == [0.1]  # then early again, at once: it had settled
