@@ -1,7 +1,8 @@
 """One run on a node: start a job (or a batch of them), make one call, record each outcome.
 
-This replaces rq's per-job bookkeeping (about 20 round trips per job) with three round trips
-per run: start, fence check, record. A plain job runs alone; a job of a task marked @batched
+This replaces rq's per-job bookkeeping (about 20 round trips per job) with one round trip
+per run that runs alone: the transaction that records a run (fenced) also takes and starts
+the next job, which therefore needs no start of its own. A plain job runs alone; a job of a task marked @batched
 is joined by up to max_size - 1 like jobs from the node queue. The jobs stay real rq jobs
 throughout: each gets its own rq Execution in the started registry (so routing sees a batch
 of 32 as 32 jobs running), its own Result or failure, its own retry and its own fence check.

@@ -7,8 +7,8 @@ continuously), and records each response as its job's result: loop.py. server.py
 server for the heartbeat (its models, its health, its own queue and KV-cache figures) and
 exchange.py sends one request and says what came of it.
 
-Forwarded jobs are jobs like any other: taken into the slot's held list, started, fenced,
-handed back when the node dies, retried within their retry budget.
+Forwarded jobs are jobs like any other: taken and started in one step, fenced, handed back
+when the node dies, retried within their retry budget.
 """
 
 from __future__ import annotations

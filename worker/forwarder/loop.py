@@ -1,11 +1,11 @@
 """ForwarderWorker: a node slot that keeps up to `concurrency` OpenAI requests in flight.
 
 The jobs are the same rq jobs, taken, started and recorded through the same scripts as any
-worker's (node_worker.NodeWorker): taken into this process's held list by token-checked
-takes (as many as there are requests free, in one call), started while still held, recorded
-by the fenced write, so a dead node's requests are retried elsewhere and a late response is
-dropped. What differs is the middle: instead of calling a function, each job's request goes to
-the server on an asyncio event loop (httpx), and the responses are recorded as they come back,
+worker's (node_worker.NodeWorker): taken and started by token-checked takes (as many as
+there are requests free, in one call), recorded by the fenced write, so a dead node's
+requests are retried elsewhere and a late response is dropped. What differs is the middle:
+instead of calling a function, each job's request goes to the server on an asyncio event
+loop (httpx), and the responses are recorded as they come back,
 several in one transaction when they come together.
 
 Redis calls are made from the event loop's thread: each is a round trip of well under a
