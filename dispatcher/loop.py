@@ -106,8 +106,8 @@ class Dispatcher:
             self._take_ended(self._ended_reply())
             room, ended_taken = self.router.free_room(self._nodes), True
         if room == 0:  # no room anywhere: read no job (how many wait matters to the report only)
-            rnd = self._finish(began, fresh, started, moved_to, 0, sum(self._depths(order)) if fresh else 0)
-            return Round(0, rnd.waiting, self.router.time_to_room(self._nodes))
+            full = Round(0, sum(self._depths(order)) if fresh else 0, self.router.time_to_room(self._nodes))
+            return self._finish(began, fresh, started, moved_to, full)
         batch = self._settings.dispatch_batch
         count = batch if room is None else min(room, batch)
         heads = self._read_heads(order, count, take_ended=not ended_taken)
@@ -131,20 +131,19 @@ class Dispatcher:
             waiting += len(jobs) - len(moves)
             if room is not None:
                 room -= len(moves)  # each placement took one free slot of a bounded node
-        rnd = self._finish(began, fresh, started, moved_to, moved, waiting)
         drained = not waiting and all(len(jobs) < count for jobs in heads)
-        return Round(rnd.moved, rnd.waiting, drained=drained)
+        return self._finish(began, fresh, started, moved_to, Round(moved, waiting, drained=drained))
 
-    def _finish(self, began: float, fresh: bool, started: float, moved_to: list[str], moved: int, waiting: int
-                ) -> Round:  # fmt: skip
-        self.moved_total += moved
-        if moved:  # how long a freed slot waits for its refill: what a node's prefetch must cover
+    def _finish(self, began: float, fresh: bool, started: float, moved_to: list[str], rnd: Round) -> Round:
+        """The round's bookkeeping: totals, the dispatch latency, metrics, the no-live-node report."""
+        self.moved_total += rnd.moved
+        if rnd.moved:  # how long a freed slot waits for its refill: what a node's prefetch must cover
             self.router.dispatch_latency_s = ewma(self.router.dispatch_latency_s, time.perf_counter() - began)
-        if self.metrics and moved:
+        if self.metrics and rnd.moved:
             self.metrics.observe_round(moved_to, time.perf_counter() - started)
         if fresh:  # judge "no live node" on a snapshot taken now, not one from before a node started
-            self._report(moved, waiting)
-        return Round(moved, waiting)
+            self._report(rnd.moved, rnd.waiting)
+        return rnd
 
     def _ended_reply(self) -> list[bytes]:
         with self._r.pipeline(transaction=False) as p:
