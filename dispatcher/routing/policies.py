@@ -144,18 +144,25 @@ class Ranking:
 
     A heap of (score, node order, version, node id): node order breaks a tie as min() over
     `nodes` would, and an entry whose version is not its node's latest (re-scored or dropped
-    since) is skipped when it surfaces. O(log nodes) per choice, where a scan is O(nodes).
+    since) is skipped when it surfaces. Versions come from one counter, so a node dropped and
+    re-scored later never revives an old entry. O(log nodes) per choice, where a scan is
+    O(nodes).
     """
 
     def __init__(self, score: Callable[[NodeState, int], tuple[Any, ...]], nodes: Sequence[NodeState]) -> None:
         self._score = score
         self._node = {n.node_id: (n, i) for i, n in enumerate(nodes)}  # the record scored, its order
         self._version = dict.fromkeys(self._node, 0)
+        self._changes = 0  # the last version handed out
         self._heap = [(score(n, n.load), i, 0, n.node_id) for i, n in enumerate(nodes)]
         heapify(self._heap)
 
     def __contains__(self, node_id: str) -> bool:
         return self._version.get(node_id, -1) >= 0
+
+    def ranks(self, node_id: str) -> bool:
+        """Whether `node_id` was among the nodes ranked (dropped since or not)."""
+        return node_id in self._node
 
     def lowest(self) -> str | None:
         """The node with the lowest score now, or None when none is left."""
@@ -168,8 +175,10 @@ class Ranking:
         return None
 
     def rescore(self, node_id: str, load: int) -> None:
-        """`node_id` (in the ranking) holds `load` jobs now; its record's other figures stand."""
-        seen = self._version[node_id] = self._version[node_id] + 1
+        """`node_id` (one ranked) holds `load` jobs now; its record's other figures stand. A
+        dropped node is ranked again."""
+        self._changes += 1
+        seen = self._version[node_id] = self._changes
         n, order = self._node[node_id]
         heap = self._heap
         if heap and heap[0][3] == node_id:  # the usual case: the node just chosen

@@ -32,10 +32,10 @@ class Router:
     batches: once full it takes work again only when `refill_step` jobs are free, enough that
     the round costs at most ROUND_SHARE of their run time, and it holds that step plus twice
     what its slots finish while a refill is on its way (capacity x latency / service time),
-    plus one, so it neither idles between refills nor costs a round per job. Either way a node holds about
-    1 / ROUND_SHARE + 1 dispatch latencies of work at most (MAX_LATENCY_PREFETCH jobs beyond its
-    slots); a node whose jobs take more than 10 latencies keeps the plain prefetch and takes
-    work as soon as one slot is free.
+    plus one, so it neither idles between refills nor costs a round per job: about a dozen
+    dispatch latencies of work at most (and never more than MAX_LATENCY_PREFETCH jobs beyond
+    its slots). A node whose jobs take more than 10 latencies keeps the plain prefetch and
+    takes work as soon as one slot is free.
     A job with an `affinity` key goes to its rendezvous node unless that node is over
     (1 + affinity_epsilon) x the mean load (then the next in its rendezvous order); the
     policy decides only when no node in that order may take it.
@@ -244,7 +244,12 @@ class Placement:
             freed = limit - held
         if self.free_room is not None and self._state[node_id].accepting:
             self.free_room += freed
-        self._ranking = None  # re-ranked at the next job with no needs: the node's score changed
+        ranking = self._ranking
+        if ranking is not None:
+            if not ranking.ranks(node_id):  # it had no room when the ranking was built: rank anew
+                self._ranking = None
+            elif node_id in self._open:  # re-scored at its new load (ranked again if it was dropped)
+                ranking.rescore(node_id, self._load[node_id])
 
     def time_to_room(self) -> float:
         """See Router.time_to_room."""

@@ -92,6 +92,30 @@ def test_every_policy_places_as_the_plain_algorithm_does(policy: str, max_node_q
             assert mine == theirs
 
 
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+@pytest.mark.parametrize("max_node_queue", [None, 3])
+def test_runs_that_end_between_rounds_leave_the_placement_as_a_fresh_read_would(policy: str,
+                                                                               max_node_queue: int | None) -> None:
+    """Ends taken off the carried state (Router.ended: tally, room, ranking re-scored or
+    rebuilt) leave it placing as the plain algorithm does over the records with those ends
+    taken off, round after round."""
+    for seed in range(4):
+        rng = random.Random(seed)
+        fast = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
+        plain = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
+        nodes = random_fleet(rng, rng.choice([1, 5, 40]))
+        mine, theirs = nodes, nodes
+        for _ in range(6):
+            jobs = random_jobs(rng, rng.randint(0, 60), mixed=True)
+            moves, mine = fast.route(jobs, mine)
+            expected, theirs = plain_route(plain, jobs, theirs)
+            assert moves == expected
+            ended = {n.node_id: rng.randint(0, 3) for n in theirs if rng.random() < 0.5}
+            mine = fast.ended(mine, ended)
+            theirs = [n.with_extra_load(max(0, n.load - ended.get(n.node_id, 0)) - n.load) for n in theirs]
+            assert mine == theirs
+
+
 def test_a_route_changes_none_of_the_records_it_was_given_or_handed_out() -> None:
     """Records cannot change (no __dict__ to write); the router's own tally carries the counts."""
     router = Router(ShortestExpectedDelay(), max_node_queue=0)
