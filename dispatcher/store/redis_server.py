@@ -43,6 +43,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def distinct_free_ports(n: int) -> list[int]:
+    """`n` free loopback ports, no two the same: the kernel may hand a port just closed out
+    again, so free_port() called n times can repeat one (two servers would then share it)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 class RedisServer:
     """A redis-server child process; `url` once started. Persistence off unless `appendonly`;
     `args` are further redis-server options (a replica's `--replicaof`), kept across restarts.
@@ -146,15 +156,14 @@ class SentinelGroup:
         self._binary: str | None = None
         # No 5 s wait before a full sync (Redis 7's diskless default), so a replica syncs at once.
         auth = ["--repl-diskless-sync-delay", "0", *(["--masterauth", password] if password else [])]
-        master = self._server(appendonly, auth)
-        replica = self._server(appendonly, [*auth, "--replicaof", "127.0.0.1", str(master.port)])
+        master_port, replica_port, *self._sentinel_ports = distinct_free_ports(5)
+        master = self._server(master_port, appendonly, auth)
+        replica = self._server(replica_port, appendonly, [*auth, "--replicaof", "127.0.0.1", str(master.port)])
         self._servers = {s.port: s for s in (master, replica)}
-        self._sentinel_ports = [free_port() for _ in range(3)]
         self._sentinels: list[subprocess.Popen[bytes]] = []
         self._killed: RedisServer | None = None
 
-    def _server(self, appendonly: bool, args: list[str]) -> RedisServer:
-        port = free_port()
+    def _server(self, port: int, appendonly: bool, args: list[str]) -> RedisServer:
         data_dir = Path(self._tmp.name) / f"redis-{port}"
         data_dir.mkdir()
         return RedisServer(port, appendonly=appendonly, data_dir=str(data_dir), password=self.password, args=args)
