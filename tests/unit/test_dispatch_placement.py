@@ -71,6 +71,16 @@ def random_jobs(rng: random.Random, n: int, mixed: bool) -> list[tuple[str, JobS
     return jobs
 
 
+def twin_routers(policy: str, max_node_queue: int | None, seed: int
+                 ) -> tuple[random.Random, Router, Router, list[NodeState]]:  # fmt: skip
+    """The scenario's random source, the router under test and the reference one (same policy,
+    same seed), and a random fleet."""
+    rng = random.Random(seed)
+    fast = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
+    plain = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
+    return rng, fast, plain, random_fleet(rng, rng.choice([1, 5, 40]))
+
+
 @pytest.mark.parametrize("policy", POLICY_NAMES)
 @pytest.mark.parametrize("max_node_queue", [None, 0, 3])
 @pytest.mark.parametrize("mixed", [False, True])
@@ -78,10 +88,7 @@ def test_every_policy_places_as_the_plain_algorithm_does(policy: str, max_node_q
     """Round after round over the list the router returned (state carried on), sometimes with
     fresh counts (`held`), plain and mixed jobs: the same moves and node states, every seed."""
     for seed in range(4):
-        rng = random.Random(seed)
-        fast = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
-        plain = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
-        nodes = random_fleet(rng, rng.choice([1, 5, 40]))
+        rng, fast, plain, nodes = twin_routers(policy, max_node_queue, seed)
         mine, theirs = nodes, nodes
         for round_no in range(6):
             jobs = random_jobs(rng, rng.randint(0, 60), mixed)
@@ -100,10 +107,7 @@ def test_runs_that_end_between_rounds_leave_the_placement_as_a_fresh_read_would(
     rebuilt) leave it placing as the plain algorithm does over the records with those ends
     taken off, round after round."""
     for seed in range(4):
-        rng = random.Random(seed)
-        fast = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
-        plain = Router(make_policy(policy, rng=random.Random(seed)), max_node_queue=max_node_queue)
-        nodes = random_fleet(rng, rng.choice([1, 5, 40]))
+        rng, fast, plain, nodes = twin_routers(policy, max_node_queue, seed)
         mine, theirs = nodes, nodes
         for _ in range(6):
             jobs = random_jobs(rng, rng.randint(0, 60), mixed=True)
