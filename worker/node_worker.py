@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
@@ -199,9 +199,7 @@ class NodeWorker(SimpleWorker):
         return TakeStart(self._stamp(), [uuid4().hex for _ in range(count)])
 
     def _stamp(self) -> StartStamp:
-        at = now()
-        return StartStamp(worker=self.name, started_at=utcformat(at), now_ts=repr(at.timestamp()),
-                          monitoring_s=self.job_monitoring_interval)  # fmt: skip
+        return StartStamp(worker=self.name, at=now(), monitoring_s=self.job_monitoring_interval)
 
     def _started(self, reply: Any, start: TakeStart) -> list[tuple[Job, Execution]]:
         """The jobs a take_job reply started, with their executions; one line for each id
@@ -209,7 +207,7 @@ class NodeWorker(SimpleWorker):
         if reply is None:
             raise self._taken_over()
         started = []
-        at = datetime.fromtimestamp(float(start.stamp.now_ts), timezone.utc)
+        at = start.stamp.at
         for (job_id, fields), execution_id in zip(reply, start.execution_ids):
             if not fields:
                 log.warning("job data missing, id dropped from the node queue node=%s job=%s", self.node_id,
@@ -309,7 +307,7 @@ class NodeWorker(SimpleWorker):
             time.sleep(self.fleet_settings.heartbeat_interval_s)
             return []
         self._state = WorkerStatus.BUSY  # what start_job wrote
-        at = datetime.fromtimestamp(float(stamp.now_ts), timezone.utc)
+        at = stamp.at
         started = []
         for job, (_, execution_id), flag in zip(jobs, start.jobs, flags):
             if flag != 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
@@ -79,8 +80,7 @@ class StartStamp:
     heartbeat TTL and registry scores follow, as rq's own start computes them."""
 
     worker: str  # the rq worker name
-    started_at: str  # rq.utils.utcformat of the start
-    now_ts: str  # the start as a unix timestamp (rq's Execution.created_at)
+    at: datetime  # the start (rq.utils.now())
     monitoring_s: int  # rq's Worker.job_monitoring_interval
 
     def keys(self, node_queue: str) -> list[str]:
@@ -90,8 +90,8 @@ class StartStamp:
 
     def args(self) -> list[str]:
         """ARGV's 8 stamp values, in start_stamp's order."""
-        return [self.worker, self.started_at, self.now_ts, str(self.monitoring_s), JobField.ATTEMPTS, JobField.ERROR,
-                Keys.RQ_EXECUTION_PREFIX, Keys.RQ_EXECUTIONS_PREFIX]  # fmt: skip
+        return [self.worker, utcformat(self.at), repr(self.at.timestamp()), str(self.monitoring_s),
+                JobField.ATTEMPTS, JobField.ERROR, Keys.RQ_EXECUTION_PREFIX, Keys.RQ_EXECUTIONS_PREFIX]  # fmt: skip
 
 
 @dataclass(frozen=True)
