@@ -44,8 +44,9 @@ log = logging.getLogger("gpufleet")
 @click.option("--kv", type=float, default=None,
               help="load-aware: weight of a forwarder's server's KV-cache use, 0..1 (>= 0). Default 0.5.")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
-              help="Jobs a node may hold beyond its capacity; the rest wait in the ingress. Default 2. A "
-                   "floor: a node whose jobs are short next to the dispatch latency holds more.")  # fmt: skip
+              help="Jobs a node may hold beyond its capacity; the rest wait in the ingress. By default what the "
+                   "measured dispatch latency needs: none while a slot would idle under 2% of its time waiting for its "
+                   "refill, more for jobs short next to the latency. A number is a floor.")  # fmt: skip
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
               help="Cap on jobs per node instead of capacity + prefetch; 0 lifts the cap.")  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0, show_default=True,

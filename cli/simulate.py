@@ -41,9 +41,11 @@ def parse_speeds(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 def result_record(cfg: SimConfig, result: SimResult) -> dict[str, Any]:
     """`simulate --json`: every parameter the run used (`params`, SimConfig's fields: speeds per
-    node, max_node_queue null = capacity + prefetch), then the result."""
+    node, max_node_queue null = capacity + prefetch, prefetch null = derived), the bound that
+    gave (`node_bound`: the most jobs a node held, null = unbounded), then the result."""
     params = asdict(cfg)
     params["speeds"] = list(cfg.speeds)
+    params["node_bound"] = cfg.node_bound
     return {"params": params, **result.to_dict()}
 
 
@@ -51,7 +53,8 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
     """The human view: a summary line, then one row per node."""
     lines = [
         f"policy {cfg.policy}  load {cfg.load}  jobs {cfg.jobs}  service {cfg.service}  "
-        f"stale {cfg.stale} ({cfg.stale_model if cfg.stale else 'fresh'})",
+        f"stale {cfg.stale} ({cfg.stale_model if cfg.stale else 'fresh'})  "
+        f"node bound {'none' if cfg.node_bound is None else cfg.node_bound}",
         f"time in system (mean service times): mean {result.mean:.3f}  p50 {result.p50:.3f}  "
         f"p95 {result.p95:.3f}  p99 {result.p99:.3f}",
         "",
@@ -85,8 +88,9 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
               help="The most jobs a node may hold; 0 lifts the bound. By default it is capacity + prefetch "
                    "(late binding).")
-@click.option("--prefetch", type=click.IntRange(min=0), default=2, show_default=True,
-              help="The jobs a node may hold beyond its capacity under late binding.")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None,
+              help="The jobs a node may hold beyond its capacity under late binding. By default derived from "
+                   "the dispatch latency, as the dispatcher's is: 0 here, where dispatch is instant.")
 @click.option("--affinity-keys", type=click.IntRange(min=0), default=0, show_default=True,
               help="The number of distinct session keys to spread over the jobs; 0 means no session persistence.")
 @click.option("--affinity-epsilon", type=click.FloatRange(min=0), default=0.25, show_default=True,
@@ -105,7 +109,7 @@ def simulate(
     stale: float,
     stale_model: str,
     max_node_queue: int | None,
-    prefetch: int,
+    prefetch: int | None,
     affinity_keys: int,
     affinity_epsilon: float,
     seed: int,

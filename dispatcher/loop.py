@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 5.0
 LATENCY_WEIGHT = 0.1  # the EWMA weight of each round's latency (dispatch_latency_s)
 FULL_WAIT_SHARE = 0.5  # with every node full, wait this share of the expected time until one has room
+RATE_WINDOW_S = 2.0  # the arrival rate (jobs routed per second) is measured over windows this long...
+RATE_WEIGHT = 0.5  # ...each folded into its running mean with this weight
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class Dispatcher:
         self._keys = Keys(settings.namespace)
         self._scripts = Scripts(r, self._keys)
         max_node_queue = None if settings.max_node_queue < 0 else settings.max_node_queue
-        self.router = Router(policy, prefetch=settings.prefetch, max_node_queue=max_node_queue)
+        prefetch = None if settings.prefetch < 0 else settings.prefetch
+        self.router = Router(policy, prefetch=prefetch, max_node_queue=max_node_queue)
+        self._arrivals = RateMeter()  # jobs routed per second: what gates are solved for
         self._clock = clock
         self.health = Health(r, self._keys, self._scripts, settings)
         self.lease = Lease(r, self._keys, self._scripts, settings.lease_ttl_s, clock=clock)
@@ -110,7 +114,7 @@ class Dispatcher:
             return self._finish(began, fresh, started, moved_to, full)
         batch = self._settings.dispatch_batch
         count = batch if room is None else min(room, batch)
-        heads = self._read_heads(order, count, take_ended=not ended_taken)
+        heads, depth = self._read_heads(order, count, take_ended=not ended_taken, depths=self.router.gated)
         room = self.router.free_room(self._nodes)  # with what ended taken off
         for priority, jobs in zip(order, heads):
             slots = batch if room is None else min(room, batch)
@@ -120,7 +124,8 @@ class Dispatcher:
                 waiting += len(jobs)
                 continue
             jobs = jobs[:slots]
-            moves, self._nodes = self.router.route(jobs, self._nodes)
+            behind = max(0, depth - moved - len(jobs))  # the other jobs still in an ingress (0 when not read)
+            moves, self._nodes = self.router.route(jobs, self._nodes, waiting=behind)
             flags = self._scripts.move_to_nodes(self._keys.ingress_queue(priority), moves)
             moved += flags.count(MOVED)
             if DROPPED in flags:
@@ -137,6 +142,7 @@ class Dispatcher:
     def _finish(self, began: float, fresh: bool, started: float, moved_to: list[str], rnd: Round) -> Round:
         """The round's bookkeeping: totals, the dispatch latency, metrics, the no-live-node report."""
         self.moved_total += rnd.moved
+        self.router.arrival_rate = self._arrivals.add(rnd.moved, self._clock())
         if rnd.moved:  # how long a freed slot waits for its refill: what a node's prefetch must cover
             self.router.dispatch_latency_s = ewma(self.router.dispatch_latency_s, time.perf_counter() - began)
         if self.metrics and rnd.moved:
@@ -156,10 +162,11 @@ class Dispatcher:
             counts = {read_id(node_id): int(n) for node_id, n in zip(reply[::2], reply[1::2])}
             self._nodes = self.router.ended(self._nodes, counts)
 
-    def _read_heads(self, priorities: Sequence[str], count: int, *, take_ended: bool
-                    ) -> list[list[tuple[str, JobSpec]]]:  # fmt: skip
-        """The first `count` job ids of each ingress with what routing needs of each job, in
-        one round trip (with `take_ended`, the runs that ended since are taken off in it too):
+    def _read_heads(self, priorities: Sequence[str], count: int, *, take_ended: bool, depths: bool
+                    ) -> tuple[list[list[tuple[str, JobSpec]]], int]:  # fmt: skip
+        """The first `count` job ids of each ingress with what routing needs of each job, and
+        with `depths` how many jobs the ingresses hold in all (else 0), in one round trip (with
+        `take_ended`, the runs that ended since are taken off in it too):
         per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET rq:job:*->gf_needs`,
         which reads a list range in order and each id's needs (nil when it has none) in one
         command, instead of LRANGE + one HMGET per job. (SORT's GET patterns reach keys the
@@ -171,10 +178,13 @@ class Dispatcher:
             for priority in priorities:
                 p.sort(Keys.rq_queue(self._keys.ingress_queue(priority)), start=0, num=count, by="nosort",
                        get=list(ROUTING_GETS))  # fmt: skip
+            for priority in priorities if depths else ():
+                p.llen(Keys.rq_queue(self._keys.ingress_queue(priority)))
             replies = p.execute()
         if take_ended:
             self._take_ended(replies.pop(0))
-        return [_routing_jobs(reply) for reply in replies]
+        depth = sum(int(n) for n in replies[len(priorities):])
+        return [_routing_jobs(reply) for reply in replies[:len(priorities)]], depth
 
     def _depths(self, priorities: Sequence[str]) -> list[int]:
         with self._r.pipeline(transaction=False) as p:
@@ -231,6 +241,28 @@ class Dispatcher:
         if rnd.full_for_s > 0:  # every node full: ends before a node can take work again only wake us for nothing
             stop.wait(min(FULL_WAIT_SHARE * rnd.full_for_s, self._settings.snapshot_interval_s))
         self._r.blpop([self._keys.dispatch_wakeup], timeout=self._settings.snapshot_interval_s)
+
+
+class RateMeter:
+    """Jobs per second: each round's count summed over a window of RATE_WINDOW_S, each
+    window's rate folded into a running mean (RATE_WEIGHT), so a lull shows within seconds."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+        self._since: float | None = None
+        self._count = 0
+
+    def add(self, n: int, now: float) -> float:
+        """Count `n` jobs at `now`; the rate as of the last full window."""
+        if self._since is None:
+            self._since = now
+        self._count += n
+        elapsed = now - self._since
+        if elapsed >= RATE_WINDOW_S:
+            sample = self._count / elapsed
+            self.rate = sample if self.rate <= 0 else self.rate + RATE_WEIGHT * (sample - self.rate)
+            self._since, self._count = now, 0
+        return self.rate
 
 
 def ewma(mean: float, sample: float) -> float:

@@ -25,9 +25,9 @@ class Settings:
     heartbeat_ttl_s: float = 5.0  # liveness key TTL: a few heartbeat periods
     snapshot_interval_s: float = 0.15  # how often the dispatcher re-reads node heartbeats
     dispatch_batch: int = 1000  # job ids read from an ingress per routing round (at most the free room)
-    prefetch: int = 2  # a node holds at most capacity + prefetch jobs (late binding); more for short jobs (Router)
+    prefetch: int = -1  # jobs a node holds beyond its slots (late binding); -1: what dispatch latency needs
     max_node_queue: int = -1  # -1: capacity + prefetch; 0: unbounded; N: at most N per node
-    policy: str = "shortest-expected-delay"
+    policy: str = "speed-thresholds"  # routing.policies.DEFAULT_POLICY (a test keeps them equal)
     low_share: float = 0.05  # share of routing rounds that serve the low ingress first
     alpha: float = 0.6  # load-aware: weight of GPU utilization
     beta: float = 0.3  # load-aware: weight of GPU memory utilization
@@ -70,8 +70,8 @@ class Settings:
         if self.forget_dead_after_s < 0:
             raise SettingsError(f"forget_dead_after_s must be >= 0 (0: never hide a dead node; "
                                 f"got {self.forget_dead_after_s})")  # fmt: skip
-        if self.prefetch < 0 or self.max_node_queue < -1:
-            raise SettingsError("prefetch must be >= 0 and max_node_queue >= -1")
+        if self.prefetch < -1 or self.max_node_queue < -1:
+            raise SettingsError("prefetch and max_node_queue must be >= -1 (-1: derived)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

@@ -17,7 +17,8 @@ from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any, Protocol
 
 from ..errors import SettingsError
-from .models import OPENAI, JobSpec, NodeState
+from .models import OPENAI, PYTHON, JobSpec, NodeState
+from .thresholds import best_thresholds, speed_classes
 
 
 class Policy(Protocol):
@@ -292,6 +293,70 @@ class ShortestExpectedDelay(LowestScore):
         return expected_delay_s(n, load), n.node_id
 
 
+RATE_SMOOTHING = 0.02  # SpeedThresholds: the weight of a node's latest rate in its smoothed one, per read
+RESOLVE_RATE_MOVE = 0.15  # thresholds are solved again when a class's rate moves by this share...
+RESOLVE_LOAD_MOVE = 0.05  # ...or the fleet's load by this much, or the classes change...
+RESOLVE_MIN_READS = 20  # ...but not within this many reads of the last solve (3 s of 150 ms snapshots),
+# unless a node came or went
+
+
+@dataclass
+class SpeedThresholds(ShortestExpectedDelay):
+    """Shortest expected delay among the nodes that may take work, where a slower speed class
+    may take a job only when enough jobs wait (thresholds.py: the optimal rule for a mixed
+    fleet, solved from the live service times and the measured arrival rate). The fastest
+    class always may; on a fleet of one speed class this is shortest-expected-delay. The
+    router applies the gates (`gates`) to jobs with no needs; a job that names a model,
+    affinity or GPU memory is placed by shortest expected delay alone, since its candidates
+    are not the whole fleet. The default."""
+
+    name = "speed-thresholds"
+    _basis: tuple[tuple[tuple[str, ...], ...], tuple[float, ...], float] | None = field(
+        default=None, init=False, repr=False)  # fmt: skip
+    _gates: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _rates: dict[str, float] = field(default_factory=dict, init=False, repr=False)  # smoothed, per node
+    _reads: int = field(default=0, init=False, repr=False)  # gates asked for since the last solve
+
+    def gates(self, nodes: Sequence[NodeState], arrival_rate: float) -> dict[str, int]:
+        """Node id -> how many jobs must wait (the one it would take included) before it may take
+        one, for the nodes whose threshold is above 1 (none on a one-class fleet). A node's rate
+        is its heartbeat's service time smoothed over reads (RATE_SMOOTHING: an EWMA of run times
+        moves by a third from beat to beat), and the thresholds are solved again only when the
+        classes, a class's rate or the load moved enough (RESOLVE_*), not at every read."""
+        smoothed = self._rates
+        members = []
+        for n in nodes:
+            if n.accepting and n.backend == PYTHON:
+                rate, seen = 1.0 / n.service_time_s, smoothed.get(n.node_id)
+                smoothed[n.node_id] = rate = rate if seen is None else seen + RATE_SMOOTHING * (rate - seen)
+                members.append((n.node_id, rate, n.capacity))
+        classes = speed_classes(members)
+        if len(classes) < 2:
+            self._basis, self._gates = None, {}
+            return self._gates
+        ids = tuple(c.node_ids for c in classes)
+        rates = tuple(c.rate for c in classes)
+        load = arrival_rate / sum(c.rate * c.slots for c in classes)
+        self._reads += 1
+        if not self._resolved_for(ids, rates, load):
+            thresholds = best_thresholds(rates, [c.slots for c in classes], arrival_rate)
+            self._basis, self._reads = (ids, rates, load), 0
+            self._gates = {node_id: t for c, t in zip(classes, thresholds) if t > 1 for node_id in c.node_ids}
+        return self._gates
+
+    def _resolved_for(self, ids: tuple[tuple[str, ...], ...], rates: tuple[float, ...], load: float) -> bool:
+        """Whether the thresholds in use stand: solved for these nodes, and either too recently
+        to solve again (RESOLVE_MIN_READS) or for classes and a load that have not moved enough."""
+        if self._basis is None:
+            return False
+        old_ids, old_rates, old_load = self._basis
+        if sorted(i for c in old_ids for i in c) != sorted(i for c in ids for i in c):  # a node came or went
+            return False
+        return self._reads < RESOLVE_MIN_READS or (
+            old_ids == ids and abs(load - old_load) < RESOLVE_LOAD_MOVE
+            and all(abs(r - o) <= RESOLVE_RATE_MOVE * o for r, o in zip(rates, old_rates)))  # fmt: skip
+
+
 POLICY_NAMES = (
     "random",
     "round-robin",
@@ -301,8 +366,9 @@ POLICY_NAMES = (
     "load-aware",
     "power-of-two",
     "shortest-expected-delay",
+    "speed-thresholds",
 )
-DEFAULT_POLICY = "shortest-expected-delay"
+DEFAULT_POLICY = "speed-thresholds"
 
 
 def make_policy(
@@ -332,4 +398,6 @@ def make_policy(
         return PowerOfTwo(rng=rng)
     if name == "shortest-expected-delay":
         return ShortestExpectedDelay()
+    if name == "speed-thresholds":
+        return SpeedThresholds()
     raise SettingsError(f"unknown policy {name!r}; choose one of: {', '.join(POLICY_NAMES)}")

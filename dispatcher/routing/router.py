@@ -17,6 +17,7 @@ from .policies import Policy, Ranking, eligible, ranking_of
 
 MAX_LATENCY_PREFETCH = 32  # the most a node holds beyond its slots for want of dispatch speed
 ROUND_SHARE = 0.1  # a node is refilled in batches that make a dispatch round at most this share of their run time
+IDLE_SHARE = 0.02  # a derived prefetch holds no job while a slot idles at most this share of its time for its refill
 
 
 @dataclass
@@ -27,8 +28,12 @@ class Router:
     A node holds at most `capacity + prefetch` jobs (late binding: the rest wait in the
     ingress for whichever node frees up first), or `capacity + batch_max` when its tasks
     batch more than `prefetch` jobs, so a full next batch waits while one runs;
-    `max_node_queue=0` lifts the bound. `prefetch` is a floor. With the dispatch latency known
-    (the loop measures each round), a node whose jobs are short next to it is refilled in
+    `max_node_queue=0` lifts the bound. `prefetch=None` (the default) derives it from the
+    dispatch latency: none while a slot would idle at most IDLE_SHARE of its time waiting for
+    its refill, else twice what the node's slots finish in one latency; a number is a floor.
+    A job held on a node is committed to it, and the best node for it may be another that
+    frees up first, so a node holds no more than the latency requires. With the dispatch
+    latency known (the loop measures each round), a node whose jobs are short next to it is refilled in
     batches: once full it takes work again only when `refill_step` jobs are free, enough that
     the round costs at most ROUND_SHARE of their run time, and it holds that step plus twice
     what its slots finish while a refill is on its way (capacity x latency / service time),
@@ -42,12 +47,13 @@ class Router:
     """
 
     policy: Policy
-    prefetch: int = 2
+    prefetch: int | None = None  # None: what the dispatch latency needs (prefetch_of); N: at least N
     max_node_queue: int | None = None  # None: capacity + max(prefetch, batch_max); 0: unbounded; N: at most N
     affinity_epsilon: float = DEFAULT_AFFINITY_EPSILON
     # seconds from a slot freeing to the dispatcher's refill landing (0: not known); read when
     # the placement state is rebuilt (each node read), so a change costs no per-round work
     dispatch_latency_s: float = 0.0
+    arrival_rate: float = 0.0  # jobs per second coming in (0: not known): what gates are solved for
     _last: Placement | None = field(default=None, init=False, repr=False, compare=False)
 
     def limit(self, n: NodeState) -> int | None:
@@ -60,14 +66,18 @@ class Router:
         return self.max_node_queue
 
     def prefetch_of(self, n: NodeState) -> int:
-        """Jobs `n` may hold beyond its slots: `prefetch`, or, when more, one refill plus twice
-        what its slots finish while a refill is on its way (capacity x latency / service
-        time), plus one: the margin for a latency that varies from round to round."""
+        """Jobs `n` may hold beyond its slots. Derived (prefetch None): 0 while the dispatch
+        latency is at most IDLE_SHARE of a job's run time (or unknown), else twice what its slots
+        finish while a refill is on its way (capacity x latency / service time). A node refilled
+        in batches (refill_step > 1) holds one refill more, plus one: the margin for a latency
+        that varies from round to round. A set `prefetch` is a floor under all of it."""
+        ratio = self._latency_per_job(n)
+        through = 0 if ratio <= IDLE_SHARE else math.ceil(2 * n.capacity * ratio)
+        floor = through if self.prefetch is None else self.prefetch
         step = self.refill_step(n)
-        if step == 1:  # a latency under ROUND_SHARE of a job (or unknown): the plain prefetch covers it
-            return self.prefetch
-        through = math.ceil(2 * n.capacity * self._latency_per_job(n)) + 1
-        return max(self.prefetch, min(MAX_LATENCY_PREFETCH, step + through))
+        if step == 1:  # a latency under ROUND_SHARE of a job (or unknown): no batched refills
+            return max(floor, through)
+        return max(floor, min(MAX_LATENCY_PREFETCH, step + through + 1))
 
     def refill_step(self, n: NodeState) -> int:
         """How many jobs below its limit a full node must drop before it takes work again: 1,
@@ -92,14 +102,17 @@ class Router:
         nodes: Sequence[NodeState],
         *,
         held: Mapping[str, int] | None = None,
+        waiting: int = 0,
     ) -> tuple[list[tuple[str, str]], list[NodeState]]:
         """(job id, node id) for each job placed, and the nodes with those placements added.
 
         `held`, when given, is each node's current job count from a fresher source than the
         heartbeat (its queue's length read this pass); only the late-binding bound uses it,
-        so a node that freed a slot since its heartbeat can take work at once.
+        so a node that freed a slot since its heartbeat can take work at once. `waiting` is
+        how many more jobs wait in the ingress behind `jobs` (what gates count).
         """
         placement = self._placement(nodes) if held is None else Placement(self, nodes, held)
+        placement.unplaced = len(jobs) + waiting
         moves: list[tuple[str, str]] = []
         for job_id, job in jobs:
             node_id = placement.place(job)
@@ -124,6 +137,12 @@ class Router:
         short next to the dispatch latency, so this is a few latencies at most): 0 when any
         other node is full (each of its ends may reopen it), or one has room or no bound."""
         return self._placement(nodes).time_to_room()
+
+    @property
+    def gated(self) -> bool:
+        """Whether the last placement held a slower class back (the loop then reads how many jobs
+        wait in the ingress, which the gates count)."""
+        return self._last is not None and bool(self._last.gates)
 
     def free_room(self, nodes: Sequence[NodeState]) -> int | None:
         """How many more jobs the accepting nodes may hold (late binding), or None when one of
@@ -170,6 +189,12 @@ class Placement:
                       if limit is None or self._held[node_id] <= limit - self._step[node_id]}  # fmt: skip
         self._rank = ranking_of(router.policy)
         self._ranking: Ranking | None = None  # built for the first job with no needs
+        gates = getattr(router.policy, "gates", None)
+        self.gates: dict[str, int] = gates(nodes, router.arrival_rate) if gates is not None else {}
+        self._levels = sorted(set(self.gates.values()))  # the thresholds in use
+        self.unplaced = 0  # jobs of the current route call not yet placed, plus those behind them
+        self._queued = sum(max(0, n.load - n.capacity) for n in nodes) if self.gates else 0  # in node queues
+        self._level = 0  # the waiting count the ranking's gated nodes were chosen for
         self.free_room: int | None = 0  # what Router.free_room reports, kept up to date
         for node_id, n in self._state.items():
             if n.accepting and node_id in self._open:
@@ -197,8 +222,12 @@ class Placement:
         ranking, rank = self._ranking, self._rank
         if (rank is not None and job.model is None and job.affinity is None and job.gpu_mem_gib == 0.0
                 and job.backend == PYTHON):  # fmt: skip
+            if self.gates:
+                self._follow_gates()
+                ranking = self._ranking
             if ranking is None:  # kept for every later job with no needs: they all have the same candidates
-                ranking = self._ranking = rank(job, self._room())
+                level = self._level = self.unplaced + self._queued
+                ranking = self._ranking = rank(job, [n for n in self._room() if self.gates.get(n.node_id, 1) <= level])
             node_id = ranking.lowest()  # the policy's choice among the nodes with room
             ranked = True
         else:
@@ -207,6 +236,9 @@ class Placement:
         if node_id is None:
             return None
         self._placed.add(node_id)
+        self.unplaced -= 1
+        if self.gates and self._load[node_id] >= self._state[node_id].capacity:
+            self._queued += 1  # it waits on the node: still waiting, as the gates count
         load = self._load[node_id] = self._load[node_id] + 1
         held = self._held[node_id] = self._held[node_id] + 1
         limit = self._limit[node_id]
@@ -230,6 +262,9 @@ class Placement:
         if node_id not in self._state or n_ended <= 0:
             return
         self._placed.add(node_id)
+        if self.gates:
+            capacity, load = self._state[node_id].capacity, self._load[node_id]
+            self._queued -= max(0, load - capacity) - max(0, load - n_ended - capacity)
         self._load[node_id] = max(0, self._load[node_id] - n_ended)
         before = self._held[node_id]
         held = self._held[node_id] = max(0, before - n_ended)
@@ -245,11 +280,25 @@ class Placement:
         if self.free_room is not None and self._state[node_id].accepting:
             self.free_room += freed
         ranking = self._ranking
-        if ranking is not None:
+        if ranking is not None and self.gates.get(node_id, 1) <= self._level:  # a gated node waits for its class
             if not ranking.ranks(node_id):  # it had no room when the ranking was built: rank anew
                 self._ranking = None
             elif node_id in self._open:  # re-scored at its new load (ranked again if it was dropped)
                 ranking.rescore(node_id, self._load[node_id])
+
+    def _follow_gates(self) -> None:
+        """Bring the ranking to the jobs waiting now: a class whose threshold is no longer met
+        leaves it; one whose threshold is met again has the ranking built anew."""
+        waiting, level, ranking = self.unplaced + self._queued, self._level, self._ranking
+        if ranking is None or waiting == level:
+            return
+        if any(level < t <= waiting for t in self._levels):
+            self._ranking = None
+        elif any(waiting < t <= level for t in self._levels):
+            for node_id, t in self.gates.items():
+                if waiting < t <= level:
+                    ranking.drop(node_id)
+        self._level = waiting
 
     def time_to_room(self) -> float:
         """See Router.time_to_room."""

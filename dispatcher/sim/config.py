@@ -12,7 +12,7 @@ from ..routing.policies import DEFAULT_POLICY, POLICY_NAMES
 CENTRAL_QUEUE = "central-queue"
 SIM_POLICY_NAMES = (*POLICY_NAMES, CENTRAL_QUEUE)
 SERVICE_DISTRIBUTIONS = ("exp", "lognormal")
-STALE_MODELS = ("heartbeat", "bulletin")  # simulator.py's docstring: both harsher than the dispatcher
+STALE_MODELS = ("heartbeat", "bulletin", "loop")  # simulator.py's docstring; loop: loop_model.py
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,17 @@ class SimConfig:
     stale: float = 0.0
     stale_model: str = "heartbeat"
     max_node_queue: int | None = None  # None: capacity + prefetch (late binding); 0: unbounded
-    prefetch: int = 2
+    prefetch: int | None = None  # None: derived from the dispatch latency, as the dispatcher's (0 here: instant)
     affinity_keys: int = 0
     affinity_epsilon: float = 0.25
     seed: int = 0
     warmup: float = 0.1  # share of the first jobs left out of the statistics
     inflight_accounting: bool = True  # bulletin only; False only to show the herding it prevents
+    # the loop model (stale_model "loop", loop_model.py): seconds, as the dispatcher measures them
+    job_s: float = 0.5  # a speed-1 node's mean run time
+    dispatch_latency_s: float = 0.003  # from a submit or an end to the loop's round acting on it
+    snapshot_s: float = 0.15  # Settings.snapshot_interval_s
+    heartbeat_s: float = 1.0  # Settings.heartbeat_interval_s: how often a node's service time is sent
 
     def __post_init__(self) -> None:
         if self.policy not in SIM_POLICY_NAMES:
@@ -49,9 +54,24 @@ class SimConfig:
             raise SettingsError(f"stale must be >= 0 (got {self.stale})")
         if self.stale_model not in STALE_MODELS:
             raise SettingsError(f"stale_model must be one of {', '.join(STALE_MODELS)} (got {self.stale_model!r})")
+        if min(self.job_s, self.snapshot_s, self.heartbeat_s) <= 0 or self.dispatch_latency_s < 0:
+            raise SettingsError("job_s, snapshot_s and heartbeat_s must be > 0, dispatch_latency_s >= 0")
         if self.max_node_queue is not None and self.max_node_queue < 0:
             raise SettingsError(f"max_node_queue must be >= 0 (got {self.max_node_queue})")
-        if self.prefetch < 0 or self.affinity_keys < 0 or self.affinity_epsilon < 0:
+        if (self.prefetch or 0) < 0 or self.affinity_keys < 0 or self.affinity_epsilon < 0:
             raise SettingsError("prefetch, affinity_keys and affinity_epsilon must be >= 0")
         if not 0 <= self.warmup < 1:
             raise SettingsError(f"warmup must be in [0, 1) (got {self.warmup})")
+
+    @property
+    def node_bound(self) -> int | str | None:
+        """The most jobs a simulated node (one slot) holds: a number, None when unbounded, or
+        "derived" under the loop model with no set prefetch (each node's from the latency and its
+        service time, Router.prefetch_of). Elsewhere dispatch is instant: a derived prefetch is 0."""
+        if self.policy == CENTRAL_QUEUE or self.max_node_queue == 0:
+            return None
+        if self.max_node_queue is not None:
+            return self.max_node_queue
+        if self.prefetch is None and self.stale_model == "loop":
+            return "derived"
+        return 1 + (self.prefetch or 0)

@@ -40,7 +40,7 @@ def node_ids_for(n: int) -> list[str]:
     return [f"n{i:0{width}d}" for i in range(n)]
 
 
-class _Nodes:
+class FleetState:
     """The true state of the simulated nodes: who runs what, who waits where, for how long."""
 
     def __init__(self, cfg: SimConfig, work: Workload) -> None:
@@ -53,6 +53,7 @@ class _Nodes:
         self.started = [0.0] * n
         self.served = [0] * n
         self.busy_time = [0.0] * n
+        self.last_run = [0.0] * n  # how long each node's last completed job ran
         self.done = [0.0] * len(work.arrivals)
         self.heap: list[tuple[float, int]] = []
         self.end = 0.0
@@ -74,7 +75,8 @@ class _Nodes:
         job = self.running[i]
         self.done[job] = now - self.work.arrivals[job]
         self.served[i] += 1
-        self.busy_time[i] += now - self.started[i]
+        self.last_run[i] = now - self.started[i]
+        self.busy_time[i] += self.last_run[i]
         self.end = now
         if self.waiting[i]:
             self.start(self.waiting[i].popleft(), i, now)
@@ -133,13 +135,13 @@ class _Beats:
 
 def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
     """Dispatch through make_policy + Router, with late binding unless max_node_queue=0."""
-    fleet = _Nodes(cfg, work)
+    fleet = FleetState(cfg, work)
     n = len(cfg.speeds)
     index = {node_id: i for i, node_id in enumerate(fleet.ids)}
     base = [NodeState(node_id=nid, speed=s, weight=s, service_time_s=1.0 / s) for nid, s in zip(fleet.ids, cfg.speeds)]
     policy = make_policy(cfg.policy, rng=random.Random(f"{cfg.seed}:policy"))
     router = Router(policy, prefetch=cfg.prefetch, max_node_queue=cfg.max_node_queue,
-                    affinity_epsilon=cfg.affinity_epsilon)  # fmt: skip
+                    affinity_epsilon=cfg.affinity_epsilon, arrival_rate=work.rate)  # fmt: skip
     specs = [JobSpec(func="sim", affinity=f"k{k}") for k in range(cfg.affinity_keys)]
     plain = JobSpec(func="sim")
     bulletin = cfg.stale > 0 and cfg.stale_model == "bulletin"
@@ -151,14 +153,14 @@ def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
     ingress: deque[int] = deque()
     bounded = cfg.max_node_queue != 0
 
-    def try_route(job: int, now: float) -> bool:
+    def try_route(job: int, now: float, waiting: int = 0) -> bool:
         if not bulletin:
             for i in dirty:
                 views[i] = fleet.heartbeat(i, base[i], reported[i] if beats else None)
             dirty.clear()
         key = work.keys[job]
         spec = specs[key] if key >= 0 else plain
-        moves, after = router.route([("", spec)], views, held=held if bulletin else None)
+        moves, after = router.route([("", spec)], views, held=held if bulletin else None, waiting=waiting)
         if not moves:
             return False
         i = index[moves[0][1]]
@@ -172,8 +174,9 @@ def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
         return True
 
     def route_waiting(now: float) -> None:
-        """While jobs wait no node had room, and one event frees at most one slot: one try."""
-        if ingress and try_route(ingress[0], now):
+        """While jobs wait, place them from the head until one finds no node: an end frees one
+        slot, an arrival may meet a slower class's threshold (the jobs behind the head count)."""
+        while ingress and try_route(ingress[0], now, len(ingress) - 1):
             ingress.popleft()
 
     next_job, n_jobs = 0, len(work.arrivals)
@@ -204,6 +207,8 @@ def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
             if not (bounded and ingress) and try_route(job, t_arrival):
                 continue
             ingress.append(job)
+            if len(ingress) > 1 and router.gated:  # one more waiting may open a slower class
+                route_waiting(t_arrival)
     if ingress:  # only when no node could ever take them (none eligible)
         raise RuntimeError(f"{len(ingress)} jobs were never placed")
     return fleet.outcome()
@@ -212,7 +217,7 @@ def run_routed(cfg: SimConfig, work: Workload) -> Outcome:
 def run_central_queue(cfg: SimConfig, work: Workload) -> Outcome:
     """The reference: one FIFO every node pulls from as it frees up; an arrival that finds
     several nodes idle goes to the fastest (ties: lowest id)."""
-    fleet = _Nodes(cfg, work)
+    fleet = FleetState(cfg, work)
     idle = [(-s, i) for i, s in enumerate(cfg.speeds)]
     heapq.heapify(idle)
     fifo: deque[int] = deque()

@@ -32,6 +32,11 @@ stale models below are harsher cases, kept to show what old counts would cost:
 
 A node's EWMA service time is taken as converged (1 / speed) in both, so its age does not
 matter here.
+
+- "loop" (loop_model.py; `stale` unused): the dispatcher loop as it runs now, in seconds: the
+  dispatch latency on every submit and every end, a node re-read every snapshot interval, and
+  service times as each node's EWMA of its real run times, sent once a heartbeat. The others
+  dispatch instantly, so their derived prefetch is 0.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import math
 from dataclasses import dataclass, field
 
 from .config import CENTRAL_QUEUE, SERVICE_DISTRIBUTIONS, SIM_POLICY_NAMES, STALE_MODELS, SimConfig
+from .loop_model import run_loop
 from .sim_fleet import run_central_queue, run_routed
 from .workload import make_workload
 
@@ -95,7 +101,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def simulate(cfg: SimConfig) -> SimResult:
     """Run `cfg` to the last job's completion; the same config gives the same result."""
     work = make_workload(cfg)
-    run = run_central_queue if cfg.policy == CENTRAL_QUEUE else run_routed
+    routed = run_loop if cfg.stale_model == "loop" else run_routed
+    run = run_central_queue if cfg.policy == CENTRAL_QUEUE else routed
     outcome = run(cfg, work)
     skip = int(cfg.warmup * cfg.jobs)
     times = sorted(outcome.time_in_system[skip:])

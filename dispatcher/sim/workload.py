@@ -12,11 +12,13 @@ LOGNORMAL_SIGMA = 1.0  # squared coefficient of variation e^1 - 1 ~ 1.72, agains
 
 @dataclass(frozen=True)
 class Workload:
-    """Every job's arrival time, work (mean 1) and affinity key index (-1: none)."""
+    """Every job's arrival time, work (mean 1) and affinity key index (-1: none), and the
+    arrival rate they were drawn at."""
 
     arrivals: list[float]
     works: list[float]
     keys: list[int]
+    rate: float
 
 
 def make_workload(cfg: SimConfig) -> Workload:
@@ -35,4 +37,4 @@ def make_workload(cfg: SimConfig) -> Workload:
         works = [work_rng.lognormvariate(mu, LOGNORMAL_SIGMA) for _ in range(cfg.jobs)]
     k = cfg.affinity_keys
     keys = [key_rng.randrange(k) for _ in range(cfg.jobs)] if k else [-1] * cfg.jobs
-    return Workload(arrivals, works, keys)
+    return Workload(arrivals, works, keys, rate)

@@ -4,6 +4,8 @@ the snapshot interval."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import redis
 
 from gpufleet.dispatcher.client.submit import Submitter
@@ -22,6 +24,7 @@ from tests.integration.test_take_next import node_worker
 
 
 def test_a_freed_slot_is_filled_at_once_without_an_extra_health_pass(r: redis.Redis, settings: Settings) -> None:
+    settings = replace(settings, prefetch=2)  # a node holds 3 jobs: a freed slot is the only room
     keys = Keys(settings.namespace)
     fields = heartbeat_fields(NodeInfo("n1"), StatsView(0, 0, 0, 1.0, 0.0), Reading("sim"))
     write_heartbeat(r, keys, "n1", fields, ttl_s=60)

@@ -42,7 +42,7 @@ def test_a_killed_node_gives_its_jobs_back_and_leaves_no_key(fleet: LocalFleet) 
     `forget` hands the three back to the ingress, removes every key of n1's, and keeps its
     dead-letter queue, which `requeue --failed` still empties."""
     r = redis.Redis.from_url(fleet.redis_url)
-    fleet.start_dispatcher()
+    fleet.start_dispatcher("--prefetch", "2")  # two jobs wait on the node behind the one running
     worker = fleet.start_worker(SimNode("n1"))
     fleet.wait_for_nodes(r, ["n1"])
     failing = submit(r, fleet.redis_url, [JobSpec("gpufleet.worker.tasks:synthetic", {"cost": 0, "fail": True})])

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpufleet.dispatcher.client.results import read_progress
 from gpufleet.dispatcher.client.submit import Submitter
 from gpufleet.dispatcher.routing.models import JobSpec
+from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer, free_port
@@ -68,7 +69,7 @@ def test_a_batch_shows_up_in_the_dispatcher_and_worker_metrics(redis_server: Red
 
         dispatched = scraped_until(d_port, lambda s: total(s, "gpufleet_jobs_dispatched_total") == BATCH,
                                    "jobs_dispatched_total to reach the batch size")  # fmt: skip
-        assert total(dispatched, "gpufleet_jobs_dispatched_total", node="m1", policy="shortest-expected-delay") == BATCH
+        assert total(dispatched, "gpufleet_jobs_dispatched_total", node="m1", policy=DEFAULT_POLICY) == BATCH
         assert total(dispatched, "gpufleet_dispatch_seconds_count") >= 1
         fleet = scraped_until(d_port, lambda s: total(s, "gpufleet_node_queue_jobs", node="m1") == 0
                               and total(s, "gpufleet_ingress_jobs") == 0, "the queues to empty")  # fmt: skip

@@ -26,6 +26,7 @@ from gpufleet.dispatcher.routing.policies import (
     expected_delay_s,
     make_policy,
 )
+from gpufleet.dispatcher.settings import Settings
 
 JOB = JobSpec(func="m:f")
 
@@ -211,9 +212,9 @@ def test_expected_delay_counts_the_requests_waiting_in_a_forwarders_server() -> 
     assert expected_delay_s(nodes[0], 0) == pytest.approx(7 / 4) and expected_delay_s(nodes[1], 0) == 0.25
 
 
-def test_make_policy_knows_every_name_and_defaults_to_shortest_expected_delay() -> None:
+def test_make_policy_knows_every_name_and_defaults_to_speed_thresholds() -> None:
     assert [make_policy(name).name for name in POLICY_NAMES] == list(POLICY_NAMES)
-    assert DEFAULT_POLICY == "shortest-expected-delay"
+    assert DEFAULT_POLICY == "speed-thresholds" == Settings().policy
 
 
 def test_unknown_policy_names_the_choices() -> None:
