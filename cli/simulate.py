@@ -53,7 +53,7 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
     """The human view: a summary line, then one row per node."""
     lines = [
         f"policy {cfg.policy}  load {cfg.load}  jobs {cfg.jobs}  service {cfg.service}  "
-        f"stale {cfg.stale} ({cfg.stale_model if cfg.stale else 'fresh'})  "
+        f"{_information(cfg)}  "
         f"node bound {'none' if cfg.node_bound is None else cfg.node_bound}",
         f"time in system (mean service times): mean {result.mean:.3f}  p50 {result.p50:.3f}  "
         f"p95 {result.p95:.3f}  p99 {result.p99:.3f}",
@@ -63,6 +63,12 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
     for n in result.nodes:
         lines.append(f"{n.node:<8} {n.speed:>6g} {n.share:>7.3f} {n.utilization:>6.3f}")
     return "\n".join(lines)
+
+
+def _information(cfg: SimConfig) -> str:
+    if cfg.stale_model == "loop":
+        return f"loop model (jobs {cfg.job_s:g} s, dispatch latency {cfg.dispatch_latency_s:g} s)"
+    return f"stale {cfg.stale} ({cfg.stale_model if cfg.stale else 'fresh'})"
 
 
 @click.command("simulate")
@@ -84,7 +90,12 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
               help="What --stale makes old. heartbeat: only `running` and utilization, each node beating on its own "
                    "phase, while queue lengths are current. bulletin: every node's whole state, refreshed together. "
                    "Both are harsher than the dispatcher, which reads queued and running from Redis at each "
-                   "snapshot (as --stale 0 models).")
+                   "snapshot (as --stale 0 models). loop: the dispatcher loop as it runs, in seconds (--job-s, "
+                   "--dispatch-latency-s; 150 ms snapshots, EWMA service times sent once a second); --stale unused.")
+@click.option("--job-s", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="Loop model: a speed-1 node's mean job, in seconds (the latencies below are measured against it).")
+@click.option("--dispatch-latency-s", type=click.FloatRange(min=0), default=0.003, show_default=True,
+              help="Loop model: seconds from a submit or a job's end to the dispatcher's round acting on it.")
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
               help="The most jobs a node may hold; 0 lifts the bound. By default it is capacity + prefetch "
                    "(late binding).")
@@ -108,6 +119,8 @@ def simulate(
     service: str,
     stale: float,
     stale_model: str,
+    job_s: float,
+    dispatch_latency_s: float,
     max_node_queue: int | None,
     prefetch: int | None,
     affinity_keys: int,
@@ -125,6 +138,8 @@ def simulate(
             service=service,
             stale=stale,
             stale_model=stale_model,
+            job_s=job_s,
+            dispatch_latency_s=dispatch_latency_s,
             max_node_queue=max_node_queue,
             prefetch=prefetch,
             affinity_keys=affinity_keys,

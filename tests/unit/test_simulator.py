@@ -174,7 +174,7 @@ def test_simulate_json_echoes_every_parameter_it_ran_with() -> None:
                                                 "--policy", "power-of-two", "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
     params = json.loads(out.output)["params"]
-    assert set(params) == {f.name for f in fields(SimConfig)}  # every field, whatever SimConfig grows
+    assert set(params) == {f.name for f in fields(SimConfig)} | {"node_bound"}  # every field, and the bound
     assert {k: params[k] for k in ("policy", "speeds", "load", "jobs", "service", "stale", "stale_model",
                                    "max_node_queue", "prefetch", "affinity_keys", "affinity_epsilon", "seed")} == {
         "policy": "power-of-two", "speeds": [1.0, 2.0], "load": 0.5, "jobs": 500, "service": "exp", "stale": 1.0,
@@ -216,3 +216,31 @@ def test_simulate_command_turns_bad_flags_into_usage_errors(args: list[str], mes
     assert out.exit_code == 2
     assert message in out.output
     assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def test_the_loop_model_with_no_latency_is_the_fresh_model() -> None:
+    """Random ignores service times, so with a dispatch latency of 0 (placements land and ends
+    are known at once) the loop model routes as the fresh one does."""
+    common = dict(policy="random", speeds=MIXED, load=0.7, jobs=5_000, seed=2)
+    fresh = simulate(SimConfig(**common))  # type: ignore[arg-type]
+    loop = simulate(SimConfig(**common, stale_model="loop", dispatch_latency_s=0.0))  # type: ignore[arg-type]
+    assert loop.mean == pytest.approx(fresh.mean, rel=0.02)
+
+
+def test_in_the_loop_model_dispatch_latency_costs_short_jobs_most() -> None:
+    """3 ms of latency is 0.6% of a 0.5 s job and 6% of a 50 ms one (48% on the speed-8 node)."""
+    common = dict(speeds=MIXED, load=0.7, jobs=5_000, seed=2, stale_model="loop")
+    long_jobs = simulate(SimConfig(**common, job_s=0.5))  # type: ignore[arg-type]
+    short_jobs = simulate(SimConfig(**common, job_s=0.05))  # type: ignore[arg-type]
+    fresh = simulate(SimConfig(speeds=MIXED, load=0.7, jobs=5_000, seed=2))
+    assert fresh.mean < long_jobs.mean < short_jobs.mean
+
+
+def test_simulate_json_says_the_node_bound() -> None:
+    out = CliRunner().invoke(simulate_command, ["--speeds", "1,2", "--jobs", "200", "--json"])
+    assert json.loads(out.output)["params"]["node_bound"] == 1  # dispatch is instant: no prefetch
+    out = CliRunner().invoke(simulate_command, ["--speeds", "1,2", "--jobs", "200", "--json", "--prefetch", "2"])
+    assert json.loads(out.output)["params"]["node_bound"] == 3
+    out = CliRunner().invoke(simulate_command, ["--speeds", "1,2", "--jobs", "200", "--json", "--stale-model", "loop"])
+    params = json.loads(out.output)["params"]
+    assert (params["node_bound"], params["job_s"], params["dispatch_latency_s"]) == ("derived", 0.5, 0.003)
