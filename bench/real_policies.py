@@ -1,20 +1,21 @@
-"""Every routing policy end to end: real dispatcher and sim workers on a loopback redis-server.
+"""Routing policies end to end on real processes, beside the simulator's prediction for the same jobs.
 
-Per policy: latency of each job (enqueue -> end, from the results' ISO timestamps; mean and
-p99 leave out the first --warmup share of jobs, as the simulator does), makespan (first
-enqueue -> last end, all jobs) and each node's share of the jobs. Placement: one private
-redis-server on a free port; per policy a flushed DB, a fresh namespace, one dispatcher
-(`--policy NAME`) and four single-slot sim workers of speeds 1,1,2,4 (`--weight` = speed),
-all child processes on this one machine (2 vCPUs for bench/RESULTS.md), beside this script,
-which submits open loop: Poisson arrivals at --load x capacity (sum of speeds / mean cost),
-each job enqueued alone at its time (a late loop enqueues all that are due as one group).
-Costs are exponential, mean 0.05 s at speed 1; one seed for all policies, so each sees the
-same jobs at the same offsets. The workers sleep, so CPU should not be the bottleneck: the
-CPU seconds of every process (dispatcher, workers, redis-server, this script, and what other
-processes used the machine meanwhile) are reported to check it. No central-queue row:
-gpufleet cannot put four workers on one shared queue.
+The fleet of issue 16: eight single-slot sim workers of speeds 1,1,1,1,2,2,4,8 (`--sim-speed`,
+`--weight` = speed), one dispatcher (`--policy NAME`), one private loopback redis-server, all
+child processes on this one machine, beside this script, which submits open loop: each job
+enqueued alone at its arrival time (a late loop enqueues all that are due as one group).
+The jobs are the simulator's own (dispatcher/sim/workload.py for the same speeds, load and
+seed): arrivals and costs in mean service times of a speed-1 node, times `--job-s` seconds.
+So the prediction beside each real figure, `simulate --stale-model loop --job-s S` for the
+same configuration and seed, is for the very same sample path. Per run: the mean and p99 of
+submit -> end (from the results' ISO timestamps, leaving out the first 10% of jobs, as the
+simulator does), the machine's load average, and the CPU seconds of our processes and of
+others meanwhile (the workers sleep: CPU should not be the bottleneck). Each repetition uses
+the next seed. Prints markdown: one row per run, then whether the ranking of the policies by
+mean is the simulator's, per configuration and repetition.
 
-    python bench/real_policies.py [--jobs 2000] [--policies a,b] [--load 0.8] [--seed 1] [--json]
+    python bench/real_policies.py [--job-s 0.5,0.05] [--loads 0.5,0.9] [--reps 3] [--seconds 15]
+                                  [--policies speed-thresholds,shortest-expected-delay,power-of-two,random] [--json]
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from datetime import datetime
@@ -37,22 +37,26 @@ from gpufleet.cli.render import percentile
 from gpufleet.dispatcher.client.results import iter_results, read_progress
 from gpufleet.dispatcher.client.submit import Submitter
 from gpufleet.dispatcher.routing.models import JobSpec
-from gpufleet.dispatcher.routing.policies import POLICY_NAMES
 from gpufleet.dispatcher.settings import Settings
+from gpufleet.dispatcher.sim.sim_fleet import node_ids_for
+from gpufleet.dispatcher.sim.simulator import SimConfig, simulate
+from gpufleet.dispatcher.sim.workload import make_workload
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.worker.demo import latencies_by_node
 from gpufleet.worker.fleet import LocalFleet, SimNode
 
-NODES = (SimNode("sim-1a", 1.0), SimNode("sim-1b", 1.0), SimNode("sim-2", 2.0), SimNode("sim-4", 4.0))
-MEAN_COST_S = 0.05  # seconds on a speed-1 node
+SPEEDS = (1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 8.0)
+NODES = tuple(SimNode(node_id, speed) for node_id, speed in zip(node_ids_for(len(SPEEDS)), SPEEDS))
 FUNC = "gpufleet.worker.tasks:synthetic"
+POLICIES = ("speed-thresholds", "shortest-expected-delay", "power-of-two", "random")
+WARMUP = 0.1
 
 
-def workload(jobs: int, load: float, seed: int) -> list[tuple[float, float]]:
-    """(arrival offset s, cost s) per job: Poisson arrivals, exponential costs."""
-    rng, rate, t = random.Random(seed), load * sum(n.speed for n in NODES) / MEAN_COST_S, 0.0
-    return [((t := t + rng.expovariate(rate)), round(rng.expovariate(1 / MEAN_COST_S), 6)) for _ in range(jobs)]
+def plan_for(cfg: SimConfig, job_s: float) -> list[tuple[float, float]]:
+    """(arrival offset s, cost s at speed 1) per job: the simulator's own job stream for `cfg`."""
+    work = make_workload(cfg)
+    return [(t * job_s, round(w * job_s, 6)) for t, w in zip(work.arrivals, work.works)]
 
 
 def session_cpu_s(leader: int) -> float:
@@ -82,7 +86,7 @@ def iso_epoch_s(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def run_policy(r: Redis, url: str, policy: str, plan: list[tuple[float, float]], warmup: float) -> dict[str, Any]:
+def run_policy(r: Redis, url: str, policy: str, plan: list[tuple[float, float]]) -> dict[str, Any]:
     r.flushdb()
     ns = f"bench-{policy}"
     keys, fleet = Keys(ns), LocalFleet(url, ns)
@@ -113,7 +117,8 @@ def run_policy(r: Redis, url: str, policy: str, plan: list[tuple[float, float]],
     finally:
         fleet.stop()
     records = list(iter_results(r, keys, batch))
-    measured = latencies_by_node(records[int(warmup * len(records)):])
+    # in submission order, which is arrival order: the warm-up left out is the simulator's
+    measured = latencies_by_node(records[int(WARMUP * len(records)):])
     lat = sorted(v for values in measured.values() for v in values)
     enq, end = ([iso_epoch_s(x[f]) for x in records if x.get(f)] for f in ("enqueued_at", "ended_at"))
     ran = {n.node_id: sum(1 for x in records if x.get("node") == n.node_id) for n in NODES}
@@ -121,33 +126,60 @@ def run_policy(r: Redis, url: str, policy: str, plan: list[tuple[float, float]],
         "policy": policy, "jobs": len(records), "finished": sum(x["status"] == "finished" for x in records),
         "mean": sum(lat) / len(lat), "p99": percentile(lat, 99), "makespan": max(end) - min(enq),
         "share": {node: count / len(records) for node, count in ran.items()}, "wall": wall, "cpu": cpu,
+        "load_avg": round(os.getloadavg()[0], 2),
     }  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000, help="Jobs per policy.")
-    parser.add_argument("--policies", default=",".join(POLICY_NAMES), help="Comma-separated policy names.")
-    parser.add_argument("--load", type=float, default=0.8, help="Arrival rate / total capacity.")
-    parser.add_argument("--seed", type=int, default=1, help="The seed every policy shares.")
-    parser.add_argument("--warmup", type=float, default=0.1, help="Share of first jobs left out of mean/p99.")
-    parser.add_argument("--json", action="store_true", help="One JSON object per policy instead of a table.")
+    parser.add_argument("--job-s", default="0.5,0.05", help="Mean job seconds on a speed-1 node, comma-separated.")
+    parser.add_argument("--loads", default="0.5,0.9", help="Arrival rate / total capacity, comma-separated.")
+    parser.add_argument("--reps", type=int, default=3, help="Repetitions, each with the next seed.")
+    parser.add_argument("--seconds", type=float, default=15.0, help="About how long each run submits for.")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="Comma-separated policy names.")
+    parser.add_argument("--seed", type=int, default=1, help="The first repetition's seed.")
+    parser.add_argument("--json", action="store_true", help="One JSON object per run instead of a table.")
     args = parser.parse_args()
-    plan = workload(args.jobs, args.load, args.seed)
+    policies = [p.strip() for p in args.policies.split(",")]
     if not args.json:
-        print("| policy | mean s | p99 s | makespan s | share " + " / ".join(n.node_id for n in NODES) + " | CPU |")
-        print("|---|---|---|---|---|---|")
+        print("| job s | load | rep | policy | real mean s | predicted | real / predicted | real p99 s | "
+              "predicted p99 | share " + " / ".join(f"{n.speed:g}" for n in NODES) + " | load avg | CPU |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rankings = []
     with RedisServer() as server:
         r = Redis.from_url(server.url)
-        for policy in args.policies.split(","):
-            row = run_policy(r, server.url, policy.strip(), plan, args.warmup)
-            if args.json:
-                print(json.dumps(row), flush=True)
-                continue
-            share, other = " / ".join(f"{v:.3f}" for v in row["share"].values()), row["cpu"]["other processes"]
-            cpu = f"{sum(row['cpu'].values()) - other:.1f} s ours + {other:.1f} s others in {row['wall']:.1f} s"
-            print(f"| {row['policy']} | {row['mean']:.3f} | {row['p99']:.3f} | {row['makespan']:.1f} | {share} | {cpu} "
-                  f"({row['finished']}/{row['jobs']} finished) |", flush=True)  # fmt: skip
+        for job_s in (float(x) for x in args.job_s.split(",")):
+            for load in (float(x) for x in args.loads.split(",")):
+                jobs = max(300, round(args.seconds * load * sum(SPEEDS) / job_s))
+                for rep in range(args.reps):
+                    seed = args.seed + rep
+                    real_means, sim_means = {}, {}
+                    for policy in policies:
+                        cfg = SimConfig(policy=policy, speeds=SPEEDS, load=load, jobs=jobs, seed=seed,
+                                        stale_model="loop", job_s=job_s)  # fmt: skip
+                        predicted = simulate(cfg)
+                        row = run_policy(r, server.url, policy, plan_for(cfg, job_s))
+                        row.update(job_s=job_s, load=load, rep=rep + 1, seed=seed,
+                                   predicted_mean=predicted.mean * job_s,
+                                   predicted_p99=predicted.p99 * job_s)  # fmt: skip
+                        real_means[policy], sim_means[policy] = row["mean"], row["predicted_mean"]
+                        print(json.dumps(row) if args.json else table_row(row), flush=True)
+                    same = sorted(policies, key=real_means.__getitem__) == sorted(policies, key=sim_means.__getitem__)
+                    rankings.append((job_s, load, rep + 1, same, sorted(policies, key=real_means.__getitem__),
+                                     sorted(policies, key=sim_means.__getitem__)))  # fmt: skip
+    if not args.json:
+        print()
+        for job_s, load, rep, same, real, sim in rankings:
+            print(f"- {job_s:g} s jobs, load {load}, rep {rep}: ranking {'the same' if same else 'differs'} "
+                  f"(real: {', '.join(real)}; simulated: {', '.join(sim)})")
+
+
+def table_row(row: dict[str, Any]) -> str:
+    share, other = " / ".join(f"{v:.3f}" for v in row["share"].values()), row["cpu"]["other processes"]
+    cpu = f"{sum(row['cpu'].values()) - other:.1f} s ours + {other:.1f} s others in {row['wall']:.1f} s"
+    return (f"| {row['job_s']:g} | {row['load']} | {row['rep']} | {row['policy']} | {row['mean']:.3f} | "
+            f"{row['predicted_mean']:.3f} | {row['mean'] / row['predicted_mean']:.2f} | {row['p99']:.3f} | "
+            f"{row['predicted_p99']:.3f} | {share} | {row['load_avg']} | {cpu} ({row['finished']}/{row['jobs']}) |")
 
 
 if __name__ == "__main__":
