@@ -316,6 +316,15 @@ class SpeedThresholds(ShortestExpectedDelay):
     _gates: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _rates: dict[str, float] = field(default_factory=dict, init=False, repr=False)  # smoothed, per node
     _reads: int = field(default=0, init=False, repr=False)  # gates asked for since the last solve
+    _smoothed: bool = field(default=False, init=False, repr=False)  # scores use the smoothed rates (mixed fleet)
+
+    def score(self, n: NodeState, load: int) -> tuple[float, str]:
+        """shortest-expected-delay's score; on a mixed fleet with the node's smoothed rate, so a
+        slow node whose last few runs were short does not outrank a faster one it is not."""
+        rate = self._rates.get(n.node_id) if self._smoothed else None
+        if rate is None:
+            return super().score(n, load)
+        return (load + n.server_waiting + 1) / (rate * n.capacity), n.node_id
 
     def gates(self, nodes: Sequence[NodeState], arrival_rate: float) -> dict[str, int]:
         """Node id -> how many jobs must wait (the one it would take included) before it may take
@@ -332,8 +341,9 @@ class SpeedThresholds(ShortestExpectedDelay):
                 members.append((n.node_id, rate, n.capacity))
         classes = speed_classes(members)
         if len(classes) < 2:
-            self._basis, self._gates = None, {}
+            self._basis, self._gates, self._smoothed = None, {}, False
             return self._gates
+        self._smoothed = True
         ids = tuple(c.node_ids for c in classes)
         rates = tuple(c.rate for c in classes)
         load = arrival_rate / sum(c.rate * c.slots for c in classes)

@@ -164,3 +164,16 @@ def test_the_thresholds_are_solved_again_only_when_the_fleet_or_the_load_moved()
     assert Counter(policy.gates(nodes, 18.0).values()) == {2: 2, 3: 4}  # solved again: the speed-1 nodes at 3
     fewer = nodes[:-1]  # a node left: solved at once, for the load of now (load 0.5: the speed-1 nodes at 5)
     assert Counter(policy.gates(fewer, 10.0).values()) == {2: 2, 5: 3}
+
+
+def test_on_a_mixed_fleet_a_slow_node_with_a_few_short_runs_does_not_outrank_a_faster_one() -> None:
+    """A speed-1 node whose EWMA just read 0.4 s (a few short runs) scores by its smoothed rate,
+    so an idle speed-2 node still goes first; shortest-expected-delay takes the reading as it is."""
+    policy = SpeedThresholds()
+    nodes = mixed_fleet()
+    for _ in range(50):
+        policy.gates(nodes, 10.0)
+    lucky = [n._replace(service_time_s=0.4) if n.node_id == "s1a" else n for n in nodes]
+    busy = [n._replace(running=1) if n.node_id in ("s8", "s4") else n for n in lucky]
+    assert Router(policy, prefetch=0, arrival_rate=10.0).route(jobs(1), busy, waiting=4)[0] == [("j0", "s2a")]
+    assert Router(ShortestExpectedDelay(), prefetch=0).route(jobs(1), busy)[0] == [("j0", "s1a")]
