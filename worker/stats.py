@@ -11,9 +11,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from gpufleet.dispatcher.routing.models import SERVICE_TIME_EWMA_ALPHA
+
 log = logging.getLogger(__name__)
 
-EWMA_ALPHA = 0.2  # weight of the newest job in the service-time average
 MODELS_BYTES = 4096  # room for the comma-joined names of the models the node's slots keep warm
 _MP = multiprocessing.get_context("spawn")
 _RUNNING, _COMPLETED, _FAILED, _SERVICE_S, _BUSY_S, _WINDOW_START, _BATCH_MAX = range(7)
@@ -79,7 +80,7 @@ class NodeStats:
             t = self._clock()
             self._v[_RUNNING] = max(0.0, self._v[_RUNNING] - count)
             self._v[_COMPLETED if ok else _FAILED] += count
-            self._v[_SERVICE_S] += EWMA_ALPHA * (duration_s - self._v[_SERVICE_S])
+            self._v[_SERVICE_S] += SERVICE_TIME_EWMA_ALPHA * (duration_s - self._v[_SERVICE_S])
             self._hist[bisect_left(self.buckets, duration_s)] += count  # le semantics: duration <= bound
             self._hist[-1] += duration_s * count
             if self._started[slot] >= 0:

@@ -16,6 +16,9 @@ from typing import Any, NamedTuple
 # Python functions, nor a Python job on a forwarder.
 PYTHON = "python"
 OPENAI = "openai"
+# The weight of a node's newest run in its service time (NodeState.service_time_s): the worker's
+# EWMA (worker/stats.py), which the simulator's loop model reproduces.
+SERVICE_TIME_EWMA_ALPHA = 0.2
 
 
 @dataclass(frozen=True)

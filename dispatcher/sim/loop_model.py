@@ -8,7 +8,7 @@ What the dispatcher knows and when (loop.py, snapshot.py, the worker's record st
   busy as before; with no job queued on it, its slot idles that long.
 - Every `snapshot_s` the loop re-reads every node: the counts are then the truth, ends not yet
   taken off included.
-- A node's service time is the worker's EWMA of its run times (weight worker.stats.EWMA_ALPHA),
+- A node's service time is the worker's EWMA of its run times (weight SERVICE_TIME_EWMA_ALPHA),
   sent with its heartbeat every `heartbeat_s` on the node's own phase; routing sees the last
   one sent. The thresholds are solved from those noisy figures.
 - The router's dispatch latency (the derived prefetch) is the simulated one; the arrival rate
@@ -23,14 +23,13 @@ import heapq
 import random
 from collections import deque
 
-from ..routing.models import JobSpec, NodeState
+from ..routing.models import SERVICE_TIME_EWMA_ALPHA, JobSpec, NodeState
 from ..routing.policies import make_policy
 from ..routing.router import Router
 from .config import SimConfig
 from .sim_fleet import FleetState, Outcome
 from .workload import Workload
 
-EWMA_ALPHA = 0.2  # worker.stats.EWMA_ALPHA: the weight of a node's newest run in its service time
 END_KNOWN, SNAPSHOT, BEAT = range(3)  # event kinds; ties go in this order
 
 
@@ -78,7 +77,7 @@ def run_loop(cfg: SimConfig, work: Workload) -> Outcome:
         t_event = events[0][0] if events else float("inf")
         if t_done <= t_arrival and t_done <= t_event:
             i = fleet.complete(t_done)
-            estimate[i] += EWMA_ALPHA * (fleet.last_run[i] - estimate[i])
+            estimate[i] += SERVICE_TIME_EWMA_ALPHA * (fleet.last_run[i] - estimate[i])
             unseen[i].append(t_done)
             heapq.heappush(events, (t_done + latency, END_KNOWN, i, t_done))
         elif t_arrival <= t_event:
