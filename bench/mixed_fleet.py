@@ -8,7 +8,9 @@ sampling error at high load (the simulated central queue reads up to 5% above it
 at 0.9 over 100,000 jobs). Cells: mean (x central, x optimal); p99 is given against the
 central queue's p99. Two information models: fresh (instant dispatch, the MDP's own setting)
 and the real dispatcher loop (`--stale-model loop`: 3 ms dispatch latency, 150 ms snapshots,
-EWMA service times sent once a second) for jobs of 0.5 s and 50 ms on a speed-1 node.
+EWMA service times sent once a second) for jobs of 0.5 s and 50 ms on a speed-1 node, with no
+per-job overhead (`--job-overhead-s 0`), so the fleet has the optimum's capacity and only
+the information differs.
 
     python bench/mixed_fleet.py [--jobs 100000] [--loop-jobs 20000] [--seed 1] [--workers 2]
 """
@@ -38,7 +40,7 @@ Case = tuple[str, float, float, int, int]  # policy, load, job_s (0: fresh), job
 
 def run(case: Case) -> tuple[Case, float, float]:
     policy, load, job_s, jobs, seed = case
-    loop = dict(stale_model="loop", job_s=job_s) if job_s and policy != CENTRAL_QUEUE else {}
+    loop = dict(stale_model="loop", job_s=job_s, job_overhead_s=0.0) if job_s and policy != CENTRAL_QUEUE else {}
     r = simulate(SimConfig(policy=policy, speeds=SPEEDS, load=load, jobs=jobs, seed=seed, **loop))  # type: ignore[arg-type]
     return case, r.mean, r.p99
 

@@ -67,7 +67,8 @@ def render_result(cfg: SimConfig, result: SimResult) -> str:
 
 def _information(cfg: SimConfig) -> str:
     if cfg.stale_model == "loop":
-        return f"loop model (jobs {cfg.job_s:g} s, dispatch latency {cfg.dispatch_latency_s:g} s)"
+        return (f"loop model (jobs {cfg.job_s:g} s, dispatch latency {cfg.dispatch_latency_s:g} s, "
+                f"overhead {cfg.job_overhead_s:g} s a job)")
     return f"stale {cfg.stale} ({cfg.stale_model if cfg.stale else 'fresh'})"
 
 
@@ -96,6 +97,8 @@ def _information(cfg: SimConfig) -> str:
               help="Loop model: a speed-1 node's mean job, in seconds (the latencies below are measured against it).")
 @click.option("--dispatch-latency-s", type=click.FloatRange(min=0), default=0.003, show_default=True,
               help="Loop model: seconds from a submit or a job's end to the dispatcher's round acting on it.")
+@click.option("--job-overhead-s", type=click.FloatRange(min=0), default=0.002, show_default=True,
+              help="Loop model: a worker slot's own seconds per job beyond its work (take, decode, record).")
 @click.option("--max-node-queue", type=click.IntRange(min=0), default=None,
               help="The most jobs a node may hold; 0 lifts the bound. By default it is capacity + prefetch "
                    "(late binding).")
@@ -121,6 +124,7 @@ def simulate(
     stale_model: str,
     job_s: float,
     dispatch_latency_s: float,
+    job_overhead_s: float,
     max_node_queue: int | None,
     prefetch: int | None,
     affinity_keys: int,
@@ -140,6 +144,7 @@ def simulate(
             stale_model=stale_model,
             job_s=job_s,
             dispatch_latency_s=dispatch_latency_s,
+            job_overhead_s=job_overhead_s,
             max_node_queue=max_node_queue,
             prefetch=prefetch,
             affinity_keys=affinity_keys,

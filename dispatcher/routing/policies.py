@@ -332,13 +332,14 @@ class SpeedThresholds(ShortestExpectedDelay):
         is its heartbeat's service time smoothed over reads (RATE_SMOOTHING: an EWMA of run times
         moves by a third from beat to beat), and the thresholds are solved again only when the
         classes, a class's rate or the load moved enough (RESOLVE_*), not at every read."""
-        smoothed = self._rates
+        before, smoothed = self._rates, {}  # rebuilt per read: a node gone is forgotten
         members = []
         for n in nodes:
             if n.accepting and n.backend == PYTHON:
-                rate, seen = 1.0 / n.service_time_s, smoothed.get(n.node_id)
+                rate, seen = 1.0 / n.service_time_s, before.get(n.node_id)
                 smoothed[n.node_id] = rate = rate if seen is None else seen + RATE_SMOOTHING * (rate - seen)
                 members.append((n.node_id, rate, n.capacity))
+        self._rates = smoothed
         classes = speed_classes(members)
         if len(classes) < 2:
             self._basis, self._gates, self._smoothed = None, {}, False

@@ -280,7 +280,8 @@ class Placement:
         if self.free_room is not None and self._state[node_id].accepting:
             self.free_room += freed
         ranking = self._ranking
-        if ranking is not None and self.gates.get(node_id, 1) <= self._level:  # a gated node waits for its class
+        gated_off = bool(self.gates) and self.gates.get(node_id, 1) > self._level  # it waits for its class to open
+        if ranking is not None and not gated_off:
             if not ranking.ranks(node_id):  # it had no room when the ranking was built: rank anew
                 self._ranking = None
             elif node_id in self._open:  # re-scored at its new load (ranked again if it was dropped)

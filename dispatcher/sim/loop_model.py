@@ -11,6 +11,8 @@ What the dispatcher knows and when (loop.py, snapshot.py, the worker's record st
 - A node's service time is the worker's EWMA of its run times (weight SERVICE_TIME_EWMA_ALPHA),
   sent with its heartbeat every `heartbeat_s` on the node's own phase; routing sees the last
   one sent. The thresholds are solved from those noisy figures.
+- Each run takes `job_overhead_s` beyond its work: what a worker's slot spends per job on its
+  own (the take, decoding, the record), which weighs most on the fastest node.
 - The router's dispatch latency (the derived prefetch) is the simulated one; the arrival rate
   is the true one (the loop measures it over seconds).
 Times in `SimConfig` are seconds; the simulation runs in mean service times of a speed-1 node
@@ -35,7 +37,7 @@ END_KNOWN, SNAPSHOT, BEAT = range(3)  # event kinds; ties go in this order
 
 def run_loop(cfg: SimConfig, work: Workload) -> Outcome:
     """Dispatch through make_policy + Router as the loop sees the fleet (the module docstring)."""
-    fleet = FleetState(cfg, work)
+    fleet = FleetState(cfg, work, cfg.job_overhead_s / cfg.job_s)
     n = len(cfg.speeds)
     latency, snapshot_every, beat_every = (s / cfg.job_s for s in (cfg.dispatch_latency_s, cfg.snapshot_s,
                                                                    cfg.heartbeat_s))  # fmt: skip

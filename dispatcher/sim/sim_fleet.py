@@ -43,10 +43,11 @@ def node_ids_for(n: int) -> list[str]:
 class FleetState:
     """The true state of the simulated nodes: who runs what, who waits where, for how long."""
 
-    def __init__(self, cfg: SimConfig, work: Workload) -> None:
+    def __init__(self, cfg: SimConfig, work: Workload, overhead: float = 0.0) -> None:
         self.ids = node_ids_for(len(cfg.speeds))
         self.speeds = list(cfg.speeds)
         self.work = work
+        self.overhead = overhead  # added to every run: a slot's own cost per job (the loop model's)
         n = len(self.ids)
         self.waiting: list[deque[int]] = [deque() for _ in range(n)]
         self.running = [-1] * n
@@ -61,7 +62,7 @@ class FleetState:
     def start(self, job: int, i: int, now: float) -> None:
         self.running[i] = job
         self.started[i] = now
-        heapq.heappush(self.heap, (now + self.work.works[job] / self.speeds[i], i))
+        heapq.heappush(self.heap, (now + self.work.works[job] / self.speeds[i] + self.overhead, i))
 
     def place(self, job: int, i: int, now: float) -> None:
         if self.running[i] < 0:

@@ -220,10 +220,10 @@ def test_simulate_command_turns_bad_flags_into_usage_errors(args: list[str], mes
 
 def test_the_loop_model_with_no_latency_is_the_fresh_model() -> None:
     """Random ignores service times, so with a dispatch latency of 0 (placements land and ends
-    are known at once) the loop model routes as the fresh one does."""
+    are known at once) and no per-job overhead the loop model routes as the fresh one does."""
     common = dict(policy="random", speeds=MIXED, load=0.7, jobs=5_000, seed=2)
     fresh = simulate(SimConfig(**common))  # type: ignore[arg-type]
-    loop = simulate(SimConfig(**common, stale_model="loop", dispatch_latency_s=0.0))  # type: ignore[arg-type]
+    loop = simulate(SimConfig(**common, stale_model="loop", dispatch_latency_s=0.0, job_overhead_s=0.0))  # type: ignore[arg-type]
     assert loop.mean == pytest.approx(fresh.mean, rel=0.02)
 
 
