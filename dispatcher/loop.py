@@ -67,7 +67,7 @@ class Dispatcher:
         max_node_queue = None if settings.max_node_queue < 0 else settings.max_node_queue
         prefetch = None if settings.prefetch < 0 else settings.prefetch
         self.router = Router(policy, prefetch=prefetch, max_node_queue=max_node_queue)
-        self._arrivals = RateMeter()  # jobs routed per second: what gates are solved for
+        self.arrivals = RateMeter()  # jobs routed per second: what gates are solved for
         self._clock = clock
         self.health = Health(r, self._keys, self._scripts, settings)
         self.lease = Lease(r, self._keys, self._scripts, settings.lease_ttl_s, clock=clock)
@@ -142,7 +142,7 @@ class Dispatcher:
     def _finish(self, began: float, fresh: bool, started: float, moved_to: list[str], rnd: Round) -> Round:
         """The round's bookkeeping: totals, the dispatch latency, metrics, the no-live-node report."""
         self.moved_total += rnd.moved
-        self.router.arrival_rate = self._arrivals.add(rnd.moved, self._clock())
+        self.router.arrival_rate = self.arrivals.add(rnd.moved, self._clock())
         if rnd.moved:  # how long a freed slot waits for its refill: what a node's prefetch must cover
             self.router.dispatch_latency_s = ewma(self.router.dispatch_latency_s, time.perf_counter() - began)
         if self.metrics and rnd.moved:

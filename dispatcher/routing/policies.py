@@ -341,8 +341,8 @@ class SpeedThresholds(ShortestExpectedDelay):
                 members.append((n.node_id, rate, n.capacity))
         self._rates = smoothed
         classes = speed_classes(members)
-        if len(classes) < 2:
-            self._basis, self._gates, self._smoothed = None, {}, False
+        if len(classes) < 2 or arrival_rate <= 0:  # one speed, or no rate measured yet: nothing to hold back
+            self._basis, self._gates, self._smoothed = None, {}, len(classes) > 1
             return self._gates
         self._smoothed = True
         ids = tuple(c.node_ids for c in classes)

@@ -71,3 +71,28 @@ def test_an_idle_node_takes_each_job_at_once_however_many_ran_before(r: redis.Re
     assert r.hgetall(keys.dispatch_ended) == {b"n1": b"1"}  # the last end: the next round takes it off
     d.dispatch_once()
     assert not r.exists(keys.dispatch_ended)
+
+
+def test_a_slow_node_takes_a_job_only_once_enough_wait_in_the_ingress(r: redis.Redis, settings: Settings) -> None:
+    """A fast node (0.1 s jobs) busy and an idle slow one (1 s), 3 jobs a second coming in: the
+    slow node's threshold is 7 waiting jobs. One job waits for the fast node; once 7 wait, the
+    round reads the ingress depth (the gates count it) and the slow node takes one."""
+    keys = Keys(settings.namespace)
+    for node_id, service_s in (("fast", 0.1), ("slow", 1.0)):
+        fields = heartbeat_fields(NodeInfo(node_id), StatsView(0, 0, 0, service_s, 0.0), Reading("sim"))
+        write_heartbeat(r, keys, node_id, fields, ttl_s=60, incarnation=node_id)
+    r.zadd(Keys.rq_started(keys.node_queue("fast")), {"running-job:e1": 1})  # the fast node's slot is taken
+    now = [0.0]
+    d = Dispatcher(r, settings, make_policy(settings.policy), clock=lambda: now[0])
+    d.arrivals.rate = 3.0  # as measured (no rate window closes in this test's few instants)
+    assert d.dispatch_once().moved == 0  # an idle round hands the rate to the router...
+    now[0] += settings.snapshot_interval_s  # ...whose next node read solves the thresholds for it
+    submitter = Submitter(r, settings)
+    submitter.submit([JobSpec("gpufleet.worker.tasks:echo", 0)])
+    assert d.dispatch_once().moved == 0  # one waits: the fast node finishes it sooner
+    assert d.router.gated
+    submitter.submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(1, 6)])
+    assert d.dispatch_once().moved == 0  # 6 wait: still below the slow node's 7
+    submitter.submit([JobSpec("gpufleet.worker.tasks:echo", 6)])
+    assert d.dispatch_once().moved == 1  # 7 wait: the slow node takes one
+    assert r.llen(Keys.rq_queue(keys.node_queue("slow"))) == 1

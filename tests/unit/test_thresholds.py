@@ -155,6 +155,7 @@ def test_on_a_fleet_of_one_speed_the_gates_are_off_and_routing_is_shortest_expec
 def test_the_thresholds_are_solved_again_only_when_the_fleet_or_the_load_moved() -> None:
     policy = SpeedThresholds()
     nodes = mixed_fleet()
+    assert policy.gates(nodes, 0.0) == {}  # no rate measured yet: nothing held back, nothing kept
     assert policy.gates(nodes, 10.0) == {"s2a": 2, "s2b": 2, "s1a": 5, "s1b": 5, "s1c": 5, "s1d": 5}
     jittered = [n._replace(service_time_s=n.service_time_s * 1.1) for n in nodes]
     assert policy.gates(jittered, 10.2) == policy.gates(nodes, 10.0)  # within the hysteresis: kept
