@@ -259,15 +259,15 @@ class RateMeter:
         self._count += n
         elapsed = now - self._since
         if elapsed >= RATE_WINDOW_S:
-            sample = self._count / elapsed
-            self.rate = sample if self.rate <= 0 else self.rate + RATE_WEIGHT * (sample - self.rate)
+            self.rate = ewma(self.rate, self._count / elapsed, RATE_WEIGHT)
             self._since, self._count = now, 0
         return self.rate
 
 
-def ewma(mean: float, sample: float) -> float:
-    """The dispatch latency's running mean with `sample` folded in (the first sample as it is)."""
-    return sample if mean <= 0 else mean + LATENCY_WEIGHT * (sample - mean)
+def ewma(mean: float, sample: float, weight: float = LATENCY_WEIGHT) -> float:
+    """A running mean (the dispatch latency's, by default) with `sample` folded in at `weight`
+    (the first sample as it is)."""
+    return sample if mean <= 0 else mean + weight * (sample - mean)
 
 
 def priority_order(round_no: int, low_share: float) -> tuple[str, ...]:

@@ -60,12 +60,14 @@ def service_rate(n: NodeState) -> float:
     return n.capacity / n.service_time_s
 
 
-def expected_delay_s(n: NodeState, load: int) -> float:
+def expected_delay_s(n: NodeState, load: int, service_time_s: float | None = None) -> float:
     """Seconds until one more job on `n` would finish while it holds `load` jobs (its own:
-    `n.load`): (load + server_waiting + 1) / service rate. `server_waiting` is 0 but on a
+    `n.load`): (load + server_waiting + 1) / service rate, at `service_time_s` per job when
+    given (else the heartbeat's). `server_waiting` is 0 but on a
     forwarder whose server exports its own queue (vLLM's num_requests_waiting): requests that
     wait there, whoever sent them, are ahead of one more; a saturated server looks so at once."""
-    return (load + n.server_waiting + 1) * n.service_time_s / n.capacity
+    service_s = n.service_time_s if service_time_s is None else service_time_s
+    return (load + n.server_waiting + 1) * service_s / n.capacity
 
 
 def _by_id(nodes: Sequence[NodeState]) -> list[NodeState]:
@@ -322,9 +324,7 @@ class SpeedThresholds(ShortestExpectedDelay):
         """shortest-expected-delay's score; on a mixed fleet with the node's smoothed rate, so a
         slow node whose last few runs were short does not outrank a faster one it is not."""
         rate = self._rates.get(n.node_id) if self._smoothed else None
-        if rate is None:
-            return super().score(n, load)
-        return (load + n.server_waiting + 1) / (rate * n.capacity), n.node_id
+        return expected_delay_s(n, load, None if rate is None else 1.0 / rate), n.node_id
 
     def gates(self, nodes: Sequence[NodeState], arrival_rate: float) -> dict[str, int]:
         """Node id -> how many jobs must wait (the one it would take included) before it may take

@@ -155,7 +155,6 @@ class _Chain:
                  thresholds: tuple[int, ...]) -> None:  # fmt: skip
         self.rates, self.slots, self.arrival, self.t = rates, slots, arrival_rate, thresholds
         self.top = max(thresholds)  # from this queue length up every class is busy: the tail
-        self.full = slots
         self.states = [s for q in range(self.top + 1) for s in self._level(q)]
         self.index = {s: i for i, s in enumerate(self.states)}
 
@@ -198,10 +197,10 @@ class _Chain:
             start.clear()
             start.update(zip(self.states, pi))
         rho = self.arrival / capacity
-        top = pi[self.index[(self.top, *self.full)]]  # the tail above: top * rho^k, k >= 1
+        top = pi[self.index[(self.top, *self.slots)]]  # the tail above: top * rho^k, k >= 1
         total = sum(pi) + top * rho / (1 - rho)
         jobs = sum(p * sum(s) for p, s in zip(pi, self.states))
-        busy = sum(self.full)
+        busy = sum(self.slots)
         tail = top * sum(rho**k * (self.top + k + busy) for k in range(1, 1 + _tail_terms(rho)))
         return (jobs + tail) / total
 

@@ -51,7 +51,7 @@ def run_loop(cfg: SimConfig, work: Workload) -> Outcome:
     index = {node_id: i for i, node_id in enumerate(fleet.ids)}
     plain = JobSpec(func="sim")
     ingress: deque[int] = deque()
-    events: list[tuple[float, int, int, float]] = []  # (time, kind, node or job, end time)
+    events: list[tuple[float, int, int, float]] = []  # (time, kind, node (-1: all), the end's time)
     rng = random.Random(f"{cfg.seed}:beats")
     for i in range(n):
         heapq.heappush(events, (rng.uniform(0, beat_every), BEAT, i, 0.0))

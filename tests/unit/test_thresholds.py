@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Collection
 
 import pytest
 
@@ -101,7 +102,7 @@ def test_speed_classes_group_nodes_within_a_ratio_of_the_fastest() -> None:
     assert classes[0].rate == pytest.approx((8 + 14) / 3)
 
 
-def mixed_fleet(busy: set[str] = frozenset()) -> list[NodeState]:  # type: ignore[assignment]
+def mixed_fleet(busy: Collection[str] = ()) -> list[NodeState]:
     speeds = {"s8": 8.0, "s4": 4.0, "s2a": 2.0, "s2b": 2.0, "s1a": 1.0, "s1b": 1.0, "s1c": 1.0, "s1d": 1.0}
     return [NodeState(node_id=i, service_time_s=1 / s, running=int(i in busy)) for i, s in speeds.items()]
 
