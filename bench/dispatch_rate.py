@@ -2,8 +2,9 @@
 
 Routing rate. A private loopback redis-server (`RedisServer`, a free port: the Redis on 6379 is
 never touched) holds 16 nodes that sent one heartbeat each (the fields `worker.heartbeat`
-writes, liveness TTL long enough for the run) and N jobs already submitted to the normal
-ingress (`Submitter.enqueue`, gpufleet.worker.tasks:echo). No worker consumes. The real
+writes, liveness TTL long enough for the run) and N jobs already submitted at normal priority
+(`Submitter.enqueue`, gpufleet.worker.tasks:echo; with `--tenants T`, T batches of T tenants,
+which the dispatcher takes into the ingress by fair share every round). No worker consumes. The real
 `dispatcher.loop.Dispatcher` (default policy, shortest-expected-delay) then runs
 `dispatch_once` until every job has moved, snapshot refreshes included (every
 `snapshot_interval_s`, as in the loop); jobs/s = N / wall. Nodes hold an unbounded queue
@@ -33,6 +34,7 @@ controlled: compare medians, and the ratio to the baseline run on the same machi
     python bench/dispatch_rate.py --pin --stages --no-latency   # wall us/job per step of a round, beside Redis's own
     python bench/dispatch_rate.py --no-latency --batch 200 --jobs 50000 --runs 5
     python bench/dispatch_rate.py --churn --nodes 1000 --batch 1000 --runs 3   # routing while consumed
+    python bench/dispatch_rate.py --no-latency --batch 1000 --tenants 1,100     # 100 tenants with work, against 1
 
 Routing while consumed (`--churn`): nodes of capacity 1 under the default bound, and a consumer
 process that, in a loop, ends every job it finds in the node queues at once (counted for the
@@ -168,7 +170,7 @@ def time_stages() -> None:
 
 
 def routing_trial(r: Redis, url: str, n: int, nodes: int, batch: int, max_node_queue: int, trial: str,
-                  profile: cProfile.Profile | None, capacity: int = 1) -> dict[str, Any]:  # fmt: skip
+                  profile: cProfile.Profile | None, capacity: int = 1, tenants: int = 1) -> dict[str, Any]:  # fmt: skip
     r.flushall()
     settings = Settings(redis_url=url, namespace=f"dr{trial}", dispatch_batch=batch, max_node_queue=max_node_queue,
                         heartbeat_interval_s=1.0, heartbeat_ttl_s=3600.0)  # fmt: skip
@@ -176,8 +178,11 @@ def routing_trial(r: Redis, url: str, n: int, nodes: int, batch: int, max_node_q
     node_ids = [f"node-{i:02d}" for i in range(nodes)]
     write_heartbeats(r, keys, node_ids, ttl_s=settings.heartbeat_ttl_s, capacity=capacity)
     submitter = Submitter(r, settings)
-    batch_id = submitter.start_batch(None, n, FUNC)
-    submitter.enqueue((JobSpec(FUNC, i) for i in range(n)), batch_id)
+    batch_ids = []
+    for t in range(tenants):  # one batch per tenant, the jobs split evenly
+        size = n // tenants + (t < n % tenants)
+        batch_ids.append(submitter.start_batch(None, size, FUNC, f"tenant-{t:03d}"))
+        submitter.enqueue((JobSpec(FUNC, i) for i in range(size)), batch_ids[-1])
     d = Dispatcher(r, settings, make_policy(settings.policy))
     d.refresh()  # the loop's first refresh (scripts loaded, health state built): not timed
     r.config_resetstat()
@@ -202,8 +207,9 @@ def routing_trial(r: Redis, url: str, n: int, nodes: int, batch: int, max_node_q
     inner = {"lrem", "rpush", "hset", "sadd", "ltrim"} if any(c in stats for c in SCRIPT_COMMANDS) else set()
     redis_us = sum(v for k, v in usec.items() if k not in inner and k not in ("info", "config|resetstat", "config"))
     stages = {k: round(v / n * 1e6, 2) for k, v in STAGES.items()}
-    check_moved(r, keys, batch_id, n, node_ids)
-    return {"jobs": n, "nodes": nodes, "batch": batch, "wall_s": wall, "rate": n / wall, "rounds": rounds,
+    check_moved(r, keys, batch_ids, n, node_ids)
+    return {"jobs": n, "nodes": nodes, "batch": batch, "tenants": tenants, "wall_s": wall, "rate": n / wall,
+            "rounds": rounds,
             "round_trips_per_round": sends / rounds, "commands_per_job": sum(stats.values()) / n,
             "redis_us_per_job": redis_us / n, "script_us_per_job": sum(usec.get(c, 0) for c in SCRIPT_COMMANDS) / n,
             "sort_us_per_job": usec.get("sort", 0) / n, "stages_us_per_job": stages,
@@ -271,7 +277,7 @@ def consume_until(url: str, keys: list[str], node_ids: list[str], done: Any) -> 
         consume(keys=keys, args=node_ids)
 
 
-def check_moved(r: Redis, keys: Keys, batch_id: str, n: int, node_ids: list[str]) -> None:
+def check_moved(r: Redis, keys: Keys, batch_ids: list[str], n: int, node_ids: list[str]) -> None:
     """Every job left the ingress, sits in one node queue, and its origin and node say so."""
     ingress = Keys.rq_queue(keys.ingress_queue("normal"))
     assert r.llen(ingress) == 0, "jobs left in the ingress"
@@ -282,7 +288,7 @@ def check_moved(r: Redis, keys: Keys, batch_id: str, n: int, node_ids: list[str]
         for node_id, ids in zip(node_ids, p.execute()):
             where.update((j.decode(), node_id) for j in ids)
     assert len(where) == n, f"{len(where)} jobs in node queues, expected {n}"
-    ids = [j.decode() for j in r.lrange(keys.batch_jobs(batch_id), 0, -1)]
+    ids = [j.decode() for batch_id in batch_ids for j in r.lrange(keys.batch_jobs(batch_id), 0, -1)]
     with r.pipeline(transaction=False) as p:
         for job_id in ids:
             p.hmget(Keys.rq_job(job_id), "origin", JobField.NODE)
@@ -350,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity", type=int, default=1,
                     help="Slots each node reports: with the default bound, nodes x (capacity + 2) must hold --jobs.")
     ap.add_argument("--runs", type=int, default=3, help="Runs per batch size, and latency runs.")
+    ap.add_argument("--tenants", default="1",
+                    help="Comma-separated tenant counts: the jobs are split evenly over that many tenants, one batch "
+                         "each, all waiting at once (fair share then picks among them every round).")  # fmt: skip
     ap.add_argument("--latency-jobs", type=int, default=300, help="Jobs per latency run, one at a time.")
     ap.add_argument("--latency-workers", type=int, default=2, help="Worker processes (nodes) in the latency runs.")
     ap.add_argument("--gap-ms", type=float, default=30.0, help="Idle time between latency jobs (jittered 0.5x-1.5x).")
@@ -369,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.jobs, args.runs, args.batch, args.latency_jobs = 5000, 1, "200", 40
     batches = [int(b) for b in args.batch.split(",")]
+    tenant_counts = [int(t) for t in args.tenants.split(",")]
     result: dict[str, Any] = {"nproc": os.cpu_count(), "python": sys.version.split()[0]}
     profile = cProfile.Profile() if args.profile else None
     if args.stages:
@@ -382,13 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_rate:
             result["placement"] = pin(server, args.pin)
             trials = []
+            cases = [(b, t) for b in batches for t in tenant_counts]
             for run in range(args.runs):
-                for batch in batches:  # batch sizes take turns, so drift hits all of them
-                    prof = profile if run == 0 and batch == batches[0] else None
+                for batch, tenants in cases:  # the cases take turns, so drift hits all of them
+                    prof = profile if run == 0 and (batch, tenants) == cases[0] else None
                     row = routing_trial(r, server.url, args.jobs, args.nodes, batch, args.max_node_queue,
-                                        f"{run}b{batch}", prof, args.capacity)  # fmt: skip
+                                        f"{run}b{batch}t{tenants}", prof, args.capacity, tenants)  # fmt: skip
                     trials.append(row)
-                    print(f"run {run} batch {batch:5}: {row['rate']:9,.0f} jobs/s  wall {row['wall_s']:.3f} s  "
+                    print(f"run {run} batch {batch:5} tenants {tenants:4}: {row['rate']:9,.0f} jobs/s  "
+                          f"wall {row['wall_s']:.3f} s  "
                           f"{row['rounds']} rounds, {row['round_trips_per_round']:.2f} round trips/round, "
                           f"{row['commands_per_job']:.2f} commands/job, "
                           f"redis-server busy {row['redis_us_per_job']:.2f} us/job "
@@ -397,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"    wall us/job by stage: {row['stages_us_per_job']}; redis-server's own: SORT "
                               f"{row['sort_us_per_job']:.2f}, move script {row['script_us_per_job']:.2f}",
                               file=sys.stderr, flush=True)  # fmt: skip
-            by_batch = {b: [t for t in trials if t["batch"] == b] for b in batches}
+            by_batch = {case_name(b, t, tenant_counts): [x for x in trials if (x["batch"], x["tenants"]) == (b, t)]
+                        for b, t in cases}  # fmt: skip
             result["routing"] = {
-                str(b): {**spread([t["rate"] for t in ts]),
+                b: {**spread([t["rate"] for t in ts]),
                          "round_trips_per_round": statistics.median(t["round_trips_per_round"] for t in ts),
                          "commands_per_job": statistics.median(t["commands_per_job"] for t in ts),
                          "redis_us_per_job": statistics.median(t["redis_us_per_job"] for t in ts),
@@ -455,6 +468,11 @@ def churn_main(args: argparse.Namespace, batches: list[int]) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
+
+
+def case_name(batch: int, tenants: int, tenant_counts: list[int]) -> str:
+    """A routing case's key in the result: the batch size, and the tenants when several counts ran."""
+    return str(batch) if tenant_counts == [1] else f"{batch}, {tenants} tenants"
 
 
 def print_summary(result: dict[str, Any], args: argparse.Namespace) -> None:

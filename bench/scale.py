@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
 from gpufleet.dispatcher.client.submit import Submitter
 from gpufleet.dispatcher.fleet.outliers import FailureRateOutliers
+from gpufleet.dispatcher.fleet.tenants import read_waiting_counts
 from gpufleet.dispatcher.loop import Dispatcher
 from gpufleet.dispatcher.routing.models import JobSpec, NodeState
 from gpufleet.dispatcher.routing.policies import make_policy
@@ -301,8 +302,8 @@ def one_run(server: RedisServer, args: argparse.Namespace, run: int, profile: st
             child_cmd = ["taskset", "-c", str(sorted(os.sched_getaffinity(0))[1]), *child_cmd]
         out = subprocess.run(child_cmd, env=python_env(args.stages), check=True, capture_output=True, text=True).stdout
         child = json.loads(out.strip().splitlines()[-1])
-        ingress_left = r.llen(Keys.rq_queue(Keys(ns).ingress_queue("normal")))
-        assert ingress_left == 0, f"{ingress_left} jobs left in the ingress"
+        ingress_left = read_waiting_counts(r, Keys(ns))["normal"].total
+        assert ingress_left == 0, f"{ingress_left} jobs left in the ingress and its lanes"
     finally:
         writer.kill()
         writer.wait()

@@ -1,4 +1,4 @@
-"""`gpufleet drain|undrain|forget NODE`, `gpufleet cancel BATCH|JOB`, `gpufleet requeue --failed`."""
+"""`gpufleet drain|undrain|forget NODE`, `gpufleet cancel BATCH|JOB [--running]`, `gpufleet requeue --failed`."""
 
 from __future__ import annotations
 
@@ -56,16 +56,27 @@ def forget(state: CliState, node_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("target", metavar="BATCH|JOB")
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.option("--running", is_flag=True,
+              help="Stop the running jobs too: each is stopped on its node (its slot process and model kept; a "
+                   "job that does not stop within GPUFLEET_STOP_GRACE_S, 10 s, has its slot process restarted) "
+                   "and ends canceled. Waits until they have stopped.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"canceled": N, "stopped": N, "stopping": N, "left": N} instead.')  # fmt: skip
 @pass_state
-def cancel(state: CliState, target: str, as_json: bool) -> None:
-    """Cancel the jobs of a batch (or one job) that have not started yet. They end with status
-    canceled; running and finished jobs are left alone."""
-    report = control.cancel(connect(state.settings.redis_url), state.settings, target)
+def cancel(state: CliState, target: str, running: bool, as_json: bool) -> None:
+    """Cancel the jobs of a batch (or one job) that have not started yet, and with --running
+    stop the running ones. They end with status canceled; finished and failed jobs, and without
+    --running the running ones, are left alone."""
+    report = control.cancel(connect(state.settings.redis_url), state.settings, target, running=running)
     if as_json:
-        click.echo(json.dumps({"canceled": report.canceled, "left": report.left}))
-    else:
+        click.echo(json.dumps({"canceled": report.canceled, "stopped": report.stopped, "stopping": report.stopping,
+                               "left": report.left}))  # fmt: skip
+    elif not running:
         click.echo(f"canceled {report.canceled}; {report.left} already running or ended")
+    else:
+        still = f"; {report.stopping} still stopping on their node" if report.stopping else ""
+        click.echo(f"canceled {report.canceled}, stopped {report.stopped} running{still}; {report.left} already "
+                   "ended")  # fmt: skip
 
 
 @click.command()

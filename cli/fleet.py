@@ -14,10 +14,12 @@ import click
 from gpufleet.dispatcher.fleet.autoscale import Autoscaler, ScaleCommand, ScaleParams, clear_desired
 from gpufleet.dispatcher.loop import Dispatcher
 from gpufleet.dispatcher.observe.metrics import DispatcherMetrics, serve
+from gpufleet.dispatcher.observe.notifier import TIMEOUT_S, Notifier
 from gpufleet.dispatcher.routing.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
 from gpufleet.dispatcher.store.connection import connect, mask_url
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.worker.gpu import PROBE_NAMES
+from gpufleet.worker.recycle import RecycleLimits
 from gpufleet.worker.run import (
     DEFAULT_ALLOW,
     DEFAULT_CONCURRENCY,
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from gpufleet.worker.forwarder.server import OpenAIServer
 
 log = logging.getLogger("gpufleet")
+
+NOTIFIER_JOIN_S = TIMEOUT_S + 1  # a POST in flight when the dispatcher stops may finish; a new one does not start
 
 
 @click.command()
@@ -89,7 +93,11 @@ def dispatcher(state: CliState, policy: str, alpha: float | None, beta: float | 
     else:
         clear_desired(r, Keys(settings.namespace))
     d = Dispatcher(r, settings, chosen, metrics=metrics, autoscaler=autoscaler)
+    notifier = Notifier(r, Keys(settings.namespace), active=lambda: d.lease.held)  # sends only with the lease
+    notifying = threading.Thread(target=notifier.run, args=(stop,), name="notifier", daemon=True)
+    notifying.start()
     d.run(stop)
+    notifying.join(NOTIFIER_JOIN_S)
     log.info("dispatcher stopped moved=%d", d.moved_total)
 
 
@@ -156,11 +164,19 @@ def parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --openai-url: a request's timeout in seconds (its job's own timeout, when shorter, wins). "
                    "Default 600.")  # fmt: skip
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Replace a slot process with a fresh one after it has run N jobs (a batched call counts each "
+                   "of its jobs): the slot finishes and records the job that reaches N, takes nothing more and exits; "
+                   "the node restarts it at once, same node id, and the new process loads its models again. "
+                   "Default: never.")  # fmt: skip
+@click.option("--max-memory-mib", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Replace a slot process with a fresh one after a job that leaves its resident memory (RSS, not "
+                   "GPU memory) above M MiB, as --max-jobs does. Default: never.")  # fmt: skip
 @pass_state
 def worker(state: CliState, node_id: str | None, gpus: str | None, gpus_per_node: int, probe: str, sim_speed: float,
            capacity: int, weight: float, allow: tuple[str, ...], burst: bool, metrics_port: int,
            openai_url: str | None, concurrency: int | None, api_key_env: str | None,
-           request_timeout_s: float | None) -> None:  # fmt: skip
+           request_timeout_s: float | None, max_jobs: int | None, max_memory_mib: int | None) -> None:  # fmt: skip
     """Work this node's queue, with a heartbeat, until Ctrl-C or SIGTERM (the running job finishes).
 
     Jobs run in this node's slot processes (no fork per job), so a model loaded once stays
@@ -170,12 +186,20 @@ def worker(state: CliState, node_id: str | None, gpus: str | None, gpus_per_node
     With --openai-url the node forwards OpenAI batch requests to that server instead, up to
     --concurrency at once, and advertises the models the server lists.
 
+    A job that raises a CUDA out-of-memory error is retried on another node (this one takes no
+    new job for GPUFLEET_OOM_COOLDOWN_S, 10 s) while its slot process is replaced by a fresh one.
+
     On a host with 8 GPUs: `gpufleet worker --gpus all` runs 8 nodes, one per GPU.
     """
+    if openai_url and (max_jobs or max_memory_mib):
+        flag = "--max-jobs" if max_jobs else "--max-memory-mib"
+        raise click.UsageError(f"{flag} is for a worker of Python functions: a forwarder (--openai-url) holds no "
+                               "model, and its server manages its own memory")  # fmt: skip
     opts = WorkerOptions(node_id=node_id or default_node_id(), probe=probe, sim_speed=sim_speed,
                          capacity=capacity, weight=weight, allow=allow or DEFAULT_ALLOW, burst=burst,
                          metrics_port=metrics_port, openai=_server(openai_url, api_key_env, request_timeout_s),
-                         concurrency=concurrency or DEFAULT_CONCURRENCY)  # fmt: skip
+                         concurrency=concurrency or DEFAULT_CONCURRENCY,
+                         recycle=RecycleLimits(max_jobs or 0, max_memory_mib or 0))  # fmt: skip
     if gpus is not None:
         if gpus != "all" and len(gpus.split(",")) % gpus_per_node:
             raise click.UsageError(f"--gpus {gpus} names {len(gpus.split(','))} GPUs, which do not split into "

@@ -13,12 +13,14 @@ from typing import Any
 
 import click
 
+from gpufleet.dispatcher.client.notify import check_notify_url, set_notify
 from gpufleet.dispatcher.client.openai_batch import DEFAULT_RETRIES, FORMATS
 from gpufleet.dispatcher.client.results import BatchProgress, read_progress, write_results
 from gpufleet.dispatcher.client.submit import submit_file
 from gpufleet.dispatcher.store.connection import connect
 from gpufleet.dispatcher.store.keys import PRIORITIES, Keys
 
+from .options import check_tenant_option
 from .render import render_resume, render_unwritten
 from .state import EXIT_ERROR, CliState, pass_state
 
@@ -76,6 +78,13 @@ class LazyProgressBar:
 @click.option("--timeout", "timeout_s", type=click.IntRange(min=1), default=None, metavar="SECONDS",
               help="OpenAI lines: the most one request may take (default 180).")
 @click.option("--batch", "batch_id", metavar="NAME", help="Name the batch (default: a new unique id).")
+@click.option("--tenant", default=None, callback=check_tenant_option, metavar="TENANT",
+              help="The tenant the batch belongs to (default: GPUFLEET_TENANT, else 'default'): freed slots are "
+                   "shared fairly between the tenants with work, and the tenant's quotas apply (`gpufleet tenant "
+                   "set`).")  # fmt: skip
+@click.option("--notify", metavar="URL",
+              help="When the batch ends, the dispatcher POSTs its summary (counts, duration, failures) as JSON to "
+                   "this http(s) URL, retrying with backoff.")  # fmt: skip
 @click.option("--resume", is_flag=True,
               help="With --batch NAME: when that batch exists, enqueue only the lines it has not run to an end "
                    "(missing, failed or canceled), after checking that the file is the one it was submitted from.")
@@ -83,7 +92,8 @@ class LazyProgressBar:
 @click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
 @pass_state
 def submit(state: CliState, file: str, fmt: str, default_func: str | None, priority: str, retries: int | None,
-           timeout_s: int | None, batch_id: str | None, resume: bool, wait: bool, as_json: bool) -> None:  # fmt: skip
+           timeout_s: int | None, batch_id: str | None, tenant: str | None, notify: str | None, resume: bool,
+           wait: bool, as_json: bool) -> None:  # fmt: skip
     """Submit the jobs of a job file or an OpenAI batch FILE ('-' reads stdin) as one batch.
 
     Every line is checked before anything is enqueued: a bad line is reported with its line
@@ -93,15 +103,20 @@ def submit(state: CliState, file: str, fmt: str, default_func: str | None, prior
     """
     if resume and not batch_id:
         raise click.UsageError("--resume needs --batch NAME: the batch to resume")
+    if notify is not None:
+        check_notify_url(notify)  # before anything is enqueued
     r = connect(state.settings.redis_url)
     bar = LazyProgressBar("submitting") if sys.stderr.isatty() else None
     try:
         receipt = submit_file(r, state.settings, file, default_func=default_func, default_priority=priority,
                               batch_id=batch_id, progress_factory=bar.start if bar else None, fmt=fmt,
-                              retries=retries, timeout_s=timeout_s, resume=resume)  # fmt: skip
+                              retries=retries, timeout_s=timeout_s, resume=resume,
+                              tenant=tenant or state.settings.tenant)  # fmt: skip
     finally:
         if bar:
             bar.close()
+    if notify is not None:
+        set_notify(r, Keys(state.settings.namespace), receipt.batch_id, notify)
     if as_json:
         reply: dict[str, Any] = {"batch": receipt.batch_id, "jobs": receipt.count}
         if receipt.resumed:

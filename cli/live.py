@@ -19,7 +19,7 @@ from rich.text import Text
 
 from gpufleet.dispatcher.client.results import BatchRow, batch_eta_s
 
-from .render import counts_of, state_summary
+from .render import counts_of, state_summary, tenant_summary
 
 MAX_BATCH_ROWS = 3  # batches shown; the rest is one "... N more batches" line
 STATE_ORDER = {"unhealthy": 0, "ejected": 1, "draining": 2, "alive": 3, "dead": 4}  # trouble first, dead last
@@ -107,7 +107,12 @@ def _header(status: Mapping[str, Any], desired: int | None, total_rate: float | 
                     f" · {rate(total_rate)} jobs/s", ""))  # fmt: skip
     if len(second) <= 80 - 10:
         second.append("   q quits", style="dim")
-    return [first, second]
+    busy = [t for t in status.get("tenants", ()) if t["waiting"] or t["in_flight"]]
+    if not busy:
+        return [first, second]
+    third = _line(("tenants ", "bold"), (" · ".join(tenant_summary(t) for t in busy), ""))
+    third.truncate(80, overflow="ellipsis")
+    return [first, second, third]
 
 
 def _node_table(rows: Sequence[Mapping[str, Any]], prev: Sample | None, now: Sample) -> Table:

@@ -14,6 +14,7 @@ from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import namespace_problem
 
 from .control import cancel, drain, forget, requeue, undrain
+from .events import events
 from .fleet import dispatcher, worker
 from .jobs import results, submit
 from .local import demo, local
@@ -21,6 +22,7 @@ from .options import check_redis_url
 from .simulate import simulate
 from .state import EXIT_USAGE, CliState
 from .status import status
+from .tenant import tenant
 from .top import top
 
 # Commands that start their own Redis unless one is named on the command line: GPUFLEET_REDIS_URL
@@ -99,5 +101,5 @@ def main() -> None:
 
 
 for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, forget, demo, local,
-                simulate, top):  # fmt: skip
+                simulate, top, tenant, events):  # fmt: skip
     cli.add_command(command)

@@ -10,6 +10,7 @@ from redis.connection import parse_url
 
 from gpufleet.dispatcher.errors import SettingsError
 from gpufleet.dispatcher.store.connection import SENTINEL_SCHEMES, mask_url, parse_sentinel_url
+from gpufleet.dispatcher.store.keys import tenant_problem
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 
@@ -40,5 +41,12 @@ def redis_url_problem(url: str) -> str | None:
 def check_redis_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A --redis-url that is not a Redis URL is a usage error, caught before anything runs."""
     if value is not None and (why := redis_url_problem(value)) is not None:
+        raise click.BadParameter(why, ctx=ctx, param=param)
+    return value
+
+
+def check_tenant_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A tenant name that cannot name one is a usage error."""
+    if value is not None and (why := tenant_problem(value)) is not None:
         raise click.BadParameter(why, ctx=ctx, param=param)
     return value

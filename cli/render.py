@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from gpufleet.dispatcher.client.results import WriteReport
 from gpufleet.dispatcher.client.submit import ResumeReport
 from gpufleet.dispatcher.observe.status import state_counts
+from gpufleet.dispatcher.store.events import Event
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -37,7 +39,7 @@ def percent(ratio: float) -> str:
 
 def render_status(status: dict[str, Any]) -> str:
     """`gpufleet status` as text: one row per node, each followed by a line per GPU, then the
-    ingress depth per priority."""
+    jobs waiting per priority, then each tenant's jobs waiting and in flight."""
     nodes = status["nodes"]
     if nodes:
         rows = [
@@ -56,10 +58,19 @@ def render_status(status: dict[str, Any]) -> str:
     summary = " · ".join(f"{word} {n}" for word, n in state_summary(counts_of(status)))
     ingress = "  ".join(f"{p}={d}" for p, d in status["ingress"].items())
     text = f"{body}\n\nnodes: {summary}    ingress: {ingress}"
+    if tenants := status.get("tenants"):
+        text += "\ntenants: " + " · ".join(tenant_summary(t) for t in tenants)
     if hidden := status.get("hidden_dead"):
         text += (f"\n{hidden} dead node{'s' if hidden != 1 else ''} not shown (no heartbeat for longer than "
                  "GPUFLEET_FORGET_DEAD_AFTER_S); `gpufleet forget NODE` removes one from Redis")
     return text
+
+
+def tenant_summary(t: Mapping[str, Any]) -> str:
+    """One tenant of the `status --json` record in a few words."""
+    cap = "" if t["max_running"] is None else f"/{t['max_running']}"
+    weight = "" if t["weight"] == 1 else f" (weight {t['weight']:g})"
+    return f"{t['tenant']} waiting {t['waiting']} in flight {t['in_flight']}{cap}{weight}"
 
 
 def counts_of(status: Mapping[str, Any]) -> Mapping[str, int]:
@@ -143,3 +154,16 @@ def render_unwritten(report: WriteReport, size: int, *, follow: bool) -> str | N
     if report.gone:
         parts.append(f"{report.gone} whose data has left Redis (expired, or dropped by --drop-after-write)")
     return f"{report.not_ended + report.gone} of {size} jobs have no line: " + "; ".join(parts)
+
+
+def render_event(event: Event) -> str:
+    """One event as a line: `2026-12-01T03:00:00.123Z job_failed batch=b-1 job=5f0c node=n1
+    attempt=3 error="ValueError: bad input"` (a value with spaces or quotes is quoted)."""
+    record = event.record()
+    pairs = [f"{name}={_quoted(value)}" for name, value in record.items() if name not in ("id", "time", "event")]
+    return " ".join([record["time"], event.kind, *pairs])
+
+
+def _quoted(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in "\"'=" for c in text) else text

@@ -1,6 +1,9 @@
 """The dispatch loop: snapshot nodes -> route a batch of ingress jobs -> move them atomically.
 
-The only loop in the dispatcher. Jobs are read from the head of each ingress (high, then
+The only loop in the dispatcher. Submitted jobs wait in lanes (one per batch and priority);
+each round first takes from the lanes into the ingress what the last round planned by fair
+share between tenants (FairShare: which job goes next), just enough to fill the room the fleet
+will have. Jobs are read from the head of each ingress (high, then
 normal, then low), routed by the Router over the latest node snapshot plus what this loop
 sent since, minus the runs that ended since (each worker's record step counts them in
 keys.dispatch_ended, which the snapshot resets atomically), and moved with one Lua call per
@@ -24,7 +27,9 @@ from .fleet.autoscale import Autoscaler
 from .fleet.health import Health
 from .fleet.lease import Lease
 from .fleet.snapshot import NodeReader
+from .fleet.tenants import TenantSettings, parse_tenants, read_waiting_counts
 from .observe.metrics import DispatcherMetrics, set_desired_nodes
+from .routing.fair_share import Backlog, FairShare
 from .routing.models import JobSpec, NodeState
 from .routing.policies import Policy
 from .routing.router import Router
@@ -32,7 +37,7 @@ from .settings import Settings
 from .store.connection import REDIS_DOWN
 from .store.job import needs_spec
 from .store.keys import PRIORITIES, JobField, Keys
-from .store.scripts import DROPPED, MOVED, Scripts, read_id
+from .store.scripts import DROPPED, MOVED, Fed, Lane, LaneTake, Scripts, read_id
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,13 @@ class Dispatcher:
         self.moved_total = 0
         self.metrics = metrics  # Prometheus: fed after each refresh and each round that moved jobs
         self.autoscaler = autoscaler  # desired node count, stepped after a refresh (at most once a second)
+        self.fair = FairShare()  # which tenant's (and batch's) jobs are taken into the ingress next
+        self._plan: dict[str, list[LaneTake]] = {}  # priority -> what the next round takes from its lanes
+        self._backlog: dict[str, Backlog] = {}  # priority -> its lanes as last read
+        self._tenants: dict[str, TenantSettings] = {}
+        self._flight: dict[str, int] = {}  # tenant -> jobs in flight, as last read
+        self._left: dict[str, int] = {}  # priority -> jobs left in its ingress by the last round
+        self._ingress_depths: dict[str, int] = {}  # priority -> its ingress's length, as this round read it
 
     def refresh(self) -> list[NodeState]:
         """Re-read every node (two round trips), then let dead and draining nodes give their
@@ -110,12 +122,13 @@ class Dispatcher:
             self._take_ended(self._ended_reply())
             room, ended_taken = self.router.free_room(self._nodes), True
         if room == 0:  # no room anywhere: read no job (how many wait matters to the report only)
-            full = Round(0, sum(self._depths(order)) if fresh else 0, self.router.time_to_room(self._nodes))
+            full = Round(0, self._waiting_total() if fresh else 0, self.router.time_to_room(self._nodes))
             return self._finish(began, fresh, started, moved_to, full)
         batch = self._settings.dispatch_batch
         count = batch if room is None else min(room, batch)
         heads, depth = self._read_heads(order, count, take_ended=not ended_taken, depths=self.router.gated)
         room = self.router.free_room(self._nodes)  # with what ended taken off
+        left = dict(self._ingress_depths)  # priority -> jobs still in its ingress after this round
         for priority, jobs in zip(order, heads):
             slots = batch if room is None else min(room, batch)
             if not jobs:
@@ -134,10 +147,39 @@ class Dispatcher:
             if self.metrics:
                 moved_to += [node_id for (_, node_id), flag in zip(moves, flags) if flag == MOVED]
             waiting += len(jobs) - len(moves)
+            left[priority] -= len(moves)
             if room is not None:
                 room -= len(moves)  # each placement took one free slot of a bounded node
-        drained = not waiting and all(len(jobs) < count for jobs in heads)
+        self._left = left
+        self._plan_feed(left)
+        drained = not waiting and all(len(jobs) < count for jobs in heads) and not self._plan
         return self._finish(began, fresh, started, moved_to, Round(moved, waiting, drained=drained))
+
+    def _plan_feed(self, left: dict[str, int]) -> None:
+        """What the next round takes from the lanes into each ingress, by fair share: enough that
+        the ingress holds the fleet's free room plus one job per slot (what the slots free
+        before the next round), counting what is still there; within each tenant's room under
+        its max_running (jobs in flight count against it)."""
+        room = self.router.free_room(self._nodes)
+        slots = sum(n.capacity for n in self._nodes if n.accepting)
+        batch = self._settings.dispatch_batch
+        target = batch if room is None else min(batch, room + slots)
+        weights = {t: s.weight for t, s in self._tenants.items()}
+        quota = {t: max(0, s.max_running - self._flight.get(t, 0)) for t, s in self._tenants.items()
+                 if s.max_running is not None}  # fmt: skip
+        self._plan = {}
+        for priority in PRIORITIES:
+            backlog = self._backlog.get(priority)
+            want = target - left.get(priority, 0)
+            if not backlog or not backlog.lanes or want <= 0:
+                continue
+            taken = self.fair.plan(backlog, want, weights, quota)
+            for batch_id, n in taken.items():
+                tenant = backlog.lanes[batch_id]
+                if tenant in quota:
+                    quota[tenant] -= n
+            if taken:
+                self._plan[priority] = [LaneTake(Lane(b, backlog.lanes[b]), n) for b, n in taken.items()]
 
     def _finish(self, began: float, fresh: bool, started: float, moved_to: list[str], rnd: Round) -> Round:
         """The round's bookkeeping: totals, the dispatch latency, metrics, the no-live-node report."""
@@ -165,32 +207,65 @@ class Dispatcher:
     def _read_heads(self, priorities: Sequence[str], count: int, *, take_ended: bool, depths: bool
                     ) -> tuple[list[list[tuple[str, JobSpec]]], int]:  # fmt: skip
         """The first `count` job ids of each ingress with what routing needs of each job, and
-        with `depths` how many jobs the ingresses hold in all (else 0), in one round trip (with
-        `take_ended`, the runs that ended since are taken off in it too):
+        with `depths` how many jobs wait in all, ingresses and lanes (else 0), in one round
+        trip. In it, first (with `take_ended`) the runs that ended since are taken off, and each
+        ingress is fed from its lanes (the last round's plan, and what is left of `count` from
+        lanes it did not know); after the heads, each ingress's length, the lanes, the tenants'
+        settings and their jobs in flight are read for the next plan. The heads are read with
+        per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET rq:job:*->gf_needs`,
         per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET rq:job:*->gf_needs`,
         which reads a list range in order and each id's needs (nil when it has none) in one
         command, instead of LRANGE + one HMGET per job. (SORT's GET patterns reach keys the
         command does not name, as a script with built keys would: fine on one Redis, refused
         by Redis Cluster, which gpufleet does not use.)"""
+        plan, self._plan = self._plan, {}
         with self._r.pipeline(transaction=False) as p:
             if take_ended:
                 self._scripts.take_ended(p)
+            for priority in PRIORITIES:  # what the plan takes, and lanes it did not know what is left of `count`
+                budget = max(0, count - self._left.get(priority, 0))
+                self._scripts.feed_ingress(priority, plan.get(priority, []), budget, count_left=depths, pipeline=p)
             for priority in priorities:
                 p.sort(Keys.rq_queue(self._keys.ingress_queue(priority)), start=0, num=count, by="nosort",
                        get=list(ROUTING_GETS))  # fmt: skip
-            for priority in priorities if depths else ():
+            for priority in priorities:
                 p.llen(Keys.rq_queue(self._keys.ingress_queue(priority)))
+            for priority in PRIORITIES:
+                p.hgetall(self._keys.lanes(priority))
+            p.hgetall(self._keys.tenants)
+            p.hgetall(self._keys.tenant_flight)
             replies = p.execute()
         if take_ended:
             self._take_ended(replies.pop(0))
-        depth = sum(int(n) for n in replies[len(priorities):])
-        return [_routing_jobs(reply) for reply in replies[:len(priorities)]], depth
+        fed = {priority: Fed.of_reply(replies.pop(0)) for priority in PRIORITIES}
+        heads = [_routing_jobs(replies.pop(0)) for _ in priorities]
+        self._ingress_depths = {priority: int(replies.pop(0)) for priority in priorities}
+        depth = sum(self._ingress_depths.values()) + sum(f.lanes_left for f in fed.values()) if depths else 0
+        lanes = {priority: {read_id(b): read_id(t) for b, t in replies.pop(0).items()} for priority in PRIORITIES}
+        self._tenants = parse_tenants(replies.pop(0))
+        self._flight = {read_id(t): int(n) for t, n in replies.pop(0).items()}
+        self._take_fed(plan, fed, lanes)
+        return heads, depth
 
-    def _depths(self, priorities: Sequence[str]) -> list[int]:
-        with self._r.pipeline(transaction=False) as p:
-            for priority in priorities:
-                p.llen(Keys.rq_queue(self._keys.ingress_queue(priority)))
-            return [int(n) for n in p.execute()]
+    def _take_fed(self, plan: dict[str, list[LaneTake]], fed: dict[str, Fed], lanes: dict[str, dict[str, str]]) -> None:
+        """Charge the fair share with what the lanes gave, and keep what is known of each lane."""
+        weights = {t: s.weight for t, s in self._tenants.items()}
+        for priority in PRIORITIES:
+            depths: dict[str, int] = {}
+            charged: dict[str, int] = {}
+            of: dict[str, str] = {}
+            taken = [(take.lane, n, left) for take, (n, left) in zip(plan.get(priority, ()), fed[priority].planned)]
+            for lane, n, left in [*taken, *fed[priority].others]:
+                charged[lane.batch_id], of[lane.batch_id] = charged.get(lane.batch_id, 0) + n, lane.tenant
+                if left >= 0:  # -1: it was asked for nothing, so how many are left is not known
+                    depths[lane.batch_id] = left
+            self.fair.charge({**lanes[priority], **of}, charged, weights)
+            known = {b: n for b, n in depths.items() if b in lanes[priority]}
+            self._backlog[priority] = Backlog(lanes[priority], known)
+
+    def _waiting_total(self) -> int:
+        """Jobs waiting at every priority, in the ingresses and the lanes (two round trips)."""
+        return sum(w.total for w in read_waiting_counts(self._r, self._keys).values())
 
     def _report(self, moved: int, waiting: int) -> None:
         """One log line when jobs start waiting for want of a live node, and one when nodes are

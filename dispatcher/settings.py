@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import SettingsError
-from .store.keys import namespace_problem
+from .store.keys import DEFAULT_TENANT, namespace_problem, tenant_problem
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # status, top and metrics stop showing a node dead this long (GPUFLEET_FORGET_DEAD_AFTER_S)
@@ -21,6 +21,7 @@ class Settings:
 
     redis_url: str = DEFAULT_REDIS_URL
     namespace: str = "gpufleet"
+    tenant: str = DEFAULT_TENANT  # the tenant a submit's batch belongs to unless it names one
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 5.0  # liveness key TTL: a few heartbeat periods
     snapshot_interval_s: float = 0.15  # how often the dispatcher re-reads node heartbeats
@@ -50,9 +51,12 @@ class Settings:
     scale_down_cooldown_s: float = 300.0  # autoscaler: since the last change, before going down
     scale_cmd: str = ""  # autoscaler: 'CMD {n}' run (no shell) when the desired count changes
     forget_dead_after_s: float = FORGET_DEAD_AFTER_S  # hide a node dead this long since its last beat; 0: never
+    events_max: int = 100_000  # event stream entries kept (about: XADD MAXLEN ~), oldest dropped first
+    stop_grace_s: float = 10.0  # a job asked to stop (cancel --running) still running this long: its slot restarts
+    oom_cooldown_s: float = 10.0  # a node whose job ran out of CUDA memory takes no new job for this long
 
     def __post_init__(self) -> None:
-        if (why := namespace_problem(self.namespace)) is not None:  # every key is built from it
+        if (why := namespace_problem(self.namespace) or tenant_problem(self.tenant)) is not None:
             raise SettingsError(why)
         if self.heartbeat_interval_s <= 0 or self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise SettingsError(
@@ -62,7 +66,7 @@ class Settings:
         for name in ("snapshot_interval_s",):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
-        for name in ("dispatch_batch", "submit_chunk"):
+        for name in ("dispatch_batch", "submit_chunk", "events_max"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1")
         if not 0 <= self.low_share < 1:
@@ -70,6 +74,9 @@ class Settings:
         if self.forget_dead_after_s < 0:
             raise SettingsError(f"forget_dead_after_s must be >= 0 (0: never hide a dead node; "
                                 f"got {self.forget_dead_after_s})")  # fmt: skip
+        for name in ("stop_grace_s", "oom_cooldown_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.prefetch < -1 or self.max_node_queue < -1:
             raise SettingsError("prefetch and max_node_queue must be >= -1 (-1: derived)")
 

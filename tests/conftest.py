@@ -13,10 +13,19 @@ import redis
 from gpufleet.dispatcher.errors import GpufleetError
 from gpufleet.dispatcher.routing.models import NodeState
 from gpufleet.dispatcher.settings import Settings
-from gpufleet.dispatcher.store.keys import Keys
+from gpufleet.dispatcher.store.keys import PRIORITIES, Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup
+from gpufleet.dispatcher.store.scripts import Scripts
 
 T = TypeVar("T")
+
+
+def into_ingress(r: redis.Redis, keys: Keys) -> None:
+    """Take every waiting job from its lane into its ingress, as a dispatcher's round would (a
+    lane at a time, in the lanes' order): for tests of what comes after."""
+    scripts = Scripts(r, keys)
+    for priority in PRIORITIES:
+        scripts.feed_ingress(priority, [], budget=1 << 30)
 
 
 def node(node_id: str = "a", **fields: object) -> NodeState:

@@ -9,6 +9,11 @@ of 32 as 32 jobs running), its own Result or failure, its own retry and its own 
 Failures take a per-job path (they are the rare case). A job whose payload cannot be decoded
 (not JSON: rq's pickle default, or garbage) fails for good with that reason; it is never
 retried, and nothing of it runs.
+
+A call can be stopped on request (cancel --running, call_stop.py): the jobs asked to stop end
+canceled, and the other jobs of a batched call, cut short with it, run again. A call that raises
+a CUDA out-of-memory error has its jobs retried as a lost node's are, on another node while this
+one is ejected, and this slot process makes way for a fresh one (recycle.py).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 
+from gpufleet.dispatcher.fleet.health import STOP_REASON
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
 from gpufleet.dispatcher.store.job import FleetJob
 
 from .batching import BatchSpec, batch_spec, per_job_results
+from .call_stop import CallStop, JobStopped
 from .interrupts import RedisLost
+from .recycle import is_cuda_oom
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -51,12 +59,19 @@ SCAN_FACTOR = 4  # jobs looked at per max_size when picking a batch out of a mix
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one job's call gave: a result, or an error text (retried as its retries allow,
-    unless `final`)."""
+    """What one job's call gave: a result, or an error text, retried as its retries allow, never
+    (`final`), or as a lost node's job is (`node_fault`: up to max(retries, node_loss_retries)
+    times); or the job was stopped on request (`stopped`: it ends canceled)."""
 
     ok: bool
     value: Any
     final: bool = False
+    node_fault: bool = False
+    stopped: bool = False
+
+
+STOPPED = Outcome(False, STOP_REASON, stopped=True)
+CUT_SHORT = "interrupted: another job of its batched call was stopped on request"  # its batch-mates' error
 
 
 class RunHost(Protocol):
@@ -74,15 +89,23 @@ class RunHost(Protocol):
     serializer: Any
     death_penalty_class: type[BaseDeathPenalty]
     redis_lost: Exception | None
+    call_stop: CallStop
 
     def start(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Execution]]: ...
+
+    def after_call(self, jobs: int, *, cuda_oom: bool) -> None: ...
+
+    def stops_asked(self, executions: Sequence[Execution]) -> set[str]: ...
+
+    def handle_job_stopped(self, job: Job, queue: Queue, execution: Execution) -> bool: ...
 
     def record_successes(self, done: list[tuple[Job, Execution, Any]]) -> set[str]: ...
 
     def late(self, job: Job, execution: Execution) -> None: ...
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
-                           execution: Execution | None = None, *, retry: bool = True) -> bool: ...  # fmt: skip
+                           execution: Execution | None = None, *, retry: bool = True,
+                           node_fault: bool = False) -> bool: ...  # fmt: skip
 
 
 def _model(job: Job) -> str:
@@ -109,6 +132,7 @@ class JobRun:
             self.spec = batch_spec(first.func)
         except Exception:  # not allowed, not importable or not decodable: the call fails and records why
             self.spec = None
+        self.cuda_oom = False  # the call raised a CUDA out-of-memory error
 
     def run(self) -> None:
         w = self.worker
@@ -121,13 +145,17 @@ class JobRun:
             return
         w.stats.job_started(w.slot, len(jobs))
         started = time.perf_counter()
-        ok = 0
+        ok = stopped = 0
         try:
-            ok = record_outcomes(w, self.queue, jobs, executions, self._call(jobs))
+            outcomes = self._call(jobs, executions)
+            stopped = sum(o.stopped for o in outcomes)
+            w.after_call(len(jobs), cuda_oom=self.cuda_oom)
+            ok = record_outcomes(w, self.queue, jobs, executions, outcomes)
         finally:
             elapsed = time.perf_counter() - started
             w.stats.job_ended(elapsed, True, w.slot, ok)
-            w.stats.job_ended(elapsed, False, w.slot, len(jobs) - ok)
+            w.stats.job_ended(elapsed, False, w.slot, len(jobs) - ok - stopped)
+            w.stats.jobs_stopped(w.slot, stopped)
         log.debug("run done node=%s size=%d ok=%d seconds=%.4f", w.node_id, len(jobs), ok, elapsed)
 
     # -- gathering ------------------------------------------------------------------------
@@ -160,30 +188,42 @@ class JobRun:
             time.sleep(min(POLL_S, left_s))
 
     # -- the call -------------------------------------------------------------------------
-    def _call(self, jobs: list[Job]) -> list[Outcome]:
+    def _call(self, jobs: list[Job], executions: list[Execution]) -> list[Outcome]:
         """An Outcome per job, from one call: the job's function with its arguments, or the
-        batched function with the list of inputs."""
+        batched function with the list of inputs; stoppable on request while it runs."""
         if (why := undecodable(self.first)) is not None:  # never batched: a batch's jobs all decoded
             log.warning("job failed node=%s job=%s error=%s", self.worker.node_id, self.first.id, why)
             return [Outcome(False, why, final=True)]
         timeout = max(j.timeout or self.queue.DEFAULT_TIMEOUT for j in jobs)
         try:
-            with self.worker.death_penalty_class(timeout, JobTimeoutException, job_id=self.first.id):
+            with (self.worker.death_penalty_class(timeout, JobTimeoutException, job_id=self.first.id),
+                  self.worker.call_stop.stoppable(e.id for e in executions)):  # fmt: skip
                 if self.spec is None:
                     return [Outcome(True, self.first.perform())]
                 returned = self.first.func([j.args[0] if j.args else None for j in jobs])
             results = per_job_results(returned, len(jobs))
-        except Exception:
+        except JobStopped:
+            return self._stopped(executions)
+        except Exception as e:
             error = "".join(traceback.format_exception(*sys.exc_info()))
-            log.warning("job failed node=%s func=%s jobs=%d error=%s", self.worker.node_id, self.first.func_name,
-                        len(jobs), error.strip().splitlines()[-1])  # fmt: skip
-            return [Outcome(False, error)] * len(jobs)
+            self.cuda_oom = is_cuda_oom(e)
+            log.warning("job failed node=%s func=%s jobs=%d cuda_oom=%s error=%s", self.worker.node_id,
+                        self.first.func_name, len(jobs), self.cuda_oom, error.strip().splitlines()[-1])  # fmt: skip
+            return [Outcome(False, error, node_fault=self.cuda_oom)] * len(jobs)
         return [
             Outcome(False, "".join(traceback.format_exception(r))) if isinstance(r, BaseException) else Outcome(True, r)
             for r in results
         ]
 
-    # -- recording ------------------------------------------------------------------------
+    def _stopped(self, executions: list[Execution]) -> list[Outcome]:
+        """The outcomes of a call stopped on request: STOPPED for each job asked to stop, and for
+        each other job of a batched call, cut short with it, a failure that runs it again."""
+        asked = set(self.worker.call_stop.requested)
+        if len(executions) > 1:  # which of its batch-mates were asked too (their requests may come later)
+            asked |= self.worker.stops_asked(executions)
+        log.info("call stopped on request node=%s func=%s jobs=%d stopped=%d", self.worker.node_id,
+                 self.first.func_name, len(executions), len(asked))  # fmt: skip
+        return [STOPPED if e.id in asked else Outcome(False, CUT_SHORT, node_fault=True) for e in executions]
 
 
 # -- recording ----------------------------------------------------------------------------
@@ -235,7 +275,11 @@ def _record(w: RunHost, queue: Queue, runs: list[tuple[Job, Execution, Outcome]]
         else:
             succeeded.add(job.id)
     for job, execution, outcome in todo:
-        if not outcome.ok:
+        if outcome.stopped:
+            w.handle_job_stopped(job, queue, execution)
+            recorded.add(job.id)
+        elif not outcome.ok:
             job._status = JobStatus.FAILED
-            w.handle_job_failure(job, queue, exc_string=outcome.value, execution=execution, retry=not outcome.final)
+            w.handle_job_failure(job, queue, exc_string=outcome.value, execution=execution, retry=not outcome.final,
+                                 node_fault=outcome.node_fault)  # fmt: skip
             recorded.add(job.id)

@@ -22,6 +22,7 @@ from prometheus_client.utils import floatToGoString
 
 from gpufleet.dispatcher.observe.metrics import serve
 
+from .recycle import REASONS
 from .stats import NodeStats
 
 # Inference jobs: from a few milliseconds (a small model, a warm cache) to a minute (a long generation).
@@ -52,7 +53,14 @@ class NodeStatsCollector:
                                          "Run time of each job execution on this node, finished or failed.",
                                          labels=["node"])  # fmt: skip
         duration.add_metric([self.node_id], list(zip(bounds, cumulative)), t.duration_sum_s)
-        return [finished, duration]
+
+        recycles = CounterMetricFamily("gpufleet_worker_recycles",
+                                       "Slot processes of this node replaced by fresh ones: reason=max_jobs (worker "
+                                       "--max-jobs), max_memory (--max-memory-mib) or cuda_oom (a job ran out of CUDA "
+                                       "memory).", labels=["node", "reason"])  # fmt: skip
+        for reason, count in zip(REASONS, t.recycles):
+            recycles.add_metric([self.node_id, reason], count)
+        return [finished, duration, recycles]
 
 
 def worker_registry(node_id: str, stats: NodeStats) -> CollectorRegistry:

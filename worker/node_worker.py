@@ -18,6 +18,12 @@
   waits for Redis, gives back what this process held, and starts over: one log line per outage;
 - SIGINT/SIGTERM drain the node first (nothing new is routed here), then rq's warm shutdown
   lets the running job finish;
+- stopping on request (cancel --running): rq's stop-execution command, sent by the node's
+  stopper, raises JobStopped inside the running call (call_stop.py); the jobs asked to stop
+  end canceled, fenced like any outcome;
+- recycling (recycle.py): after the run that crosses --max-jobs or --max-memory-mib, or raised
+  a CUDA OOM (the node ejected for a cool-down first), the record takes no next job and the
+  loop ends: run.work_slot exits for a fresh process;
 - lean bookkeeping: each run (a job, or a batch of a task marked @batched) is started and
   recorded in one or two round trips (job_run.py), not rq's ~20; rq's own worker heartbeat and
   state writes are skipped when they would change nothing.
@@ -43,11 +49,13 @@ from rq.results import Result
 from rq.utils import current_timestamp, now, utcformat
 from rq.worker import WorkerStatus
 
+from gpufleet.dispatcher.fleet.health import STOP_REASON
 from gpufleet.dispatcher.fleet.node_claim import stop_mark
 from gpufleet.dispatcher.fleet.retry import may_retry, retry_delay_s
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
-from gpufleet.dispatcher.store.job import FleetJob, wake_dispatcher
+from gpufleet.dispatcher.store.events import EventKind, add_event, short_error
+from gpufleet.dispatcher.store.job import BatchCounter, FleetJob, wake_dispatcher
 from gpufleet.dispatcher.store.keys import JobField, Keys
 from gpufleet.dispatcher.store.scripts import (
     FencedWrites,
@@ -61,8 +69,10 @@ from gpufleet.dispatcher.store.scripts import (
 )
 
 from . import context
+from .call_stop import CallStop
 from .interrupts import RedisLost, TakenOver
 from .job_run import JobRun
+from .recycle import CUDA_OOM, NO_LIMITS, RecycleLimits, rss_mib
 from .stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -70,13 +80,14 @@ log = logging.getLogger(__name__)
 RQ_HEARTBEAT_EVERY_S = 1.0  # rq's worker-registry heartbeat (its TTL is minutes), at most this often
 RQ_SUSPENSION_CHECK_EVERY_S = 1.0  # `rq suspend` is noticed within this long
 IDLE_WAIT_S = 5.0  # an idle worker looks at its queue at least this often, woken or not
+OOM_EJECTION = "cuda-oom"  # the ejected key's value (keys.ejected) while a CUDA OOM keeps the node out
 
 
 class NodeWorker(SimpleWorker):
     """A SimpleWorker bound to one fleet node's queue, as one of its incarnation's processes."""
 
     def __init__(self, *args: Any, node_id: str, settings: Settings, stats: NodeStats, taker: Taker,
-                 slot: int = 0, **kwargs: Any) -> None:  # fmt: skip
+                 slot: int = 0, recycle: RecycleLimits = NO_LIMITS, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.node_id = node_id
         self.fleet_settings = settings
@@ -94,6 +105,10 @@ class NodeWorker(SimpleWorker):
         self._taken: tuple[Job, Execution] | None = None  # next job, taken and started with the last one recorded
         self._prestarted: dict[str, Execution] = {}  # jobs dequeued already started by their take: start() skips them
         self._found_empty = False  # the last record's take found the node queue empty: wait for a wake-up first
+        self.call_stop = CallStop()  # the call running now, stopped when one of its runs is asked to stop
+        self.recycle = recycle
+        self.jobs_run = 0  # by this process (worker --max-jobs)
+        self.recycle_reason: str | None = None  # why this process is to make way for a fresh one (recycle.py)
 
     # -- the loop -------------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
@@ -199,7 +214,8 @@ class NodeWorker(SimpleWorker):
         return TakeStart(self._stamp(), [uuid4().hex for _ in range(count)])
 
     def _stamp(self) -> StartStamp:
-        return StartStamp(worker=self.name, at=now(), monitoring_s=self.job_monitoring_interval)
+        return StartStamp(worker=self.name, at=now(), monitoring_s=self.job_monitoring_interval, node_id=self.node_id,
+                          events=self.keys.events, events_max=self.fleet_settings.events_max)  # fmt: skip
 
     def _started(self, reply: Any, start: TakeStart) -> list[tuple[Job, Execution]]:
         """The jobs a take_job reply started, with their executions; one line for each id
@@ -234,7 +250,7 @@ class NodeWorker(SimpleWorker):
         return TakenOver(self.node_id)
 
     def _may_take_next(self) -> bool:
-        return not (self.stop_requested or self._stop_requested)
+        return not (self.stop_requested or self._stop_requested or self.recycle_reason)
 
     def _put_back_taken(self) -> None:
         """A job taken and started with the last record but never run (the loop ended) goes back
@@ -277,6 +293,64 @@ class NodeWorker(SimpleWorker):
         with self._outside_loop():
             self.connection.set(self.keys.drain_flag(self.node_id), stop_mark(self.taker.token), nx=True)
         super().request_stop(signum, frame)
+
+    # -- stopping a job, recycling the process --------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        self.call_stop.install()
+
+    def request_stop_execution(self, execution_id: str) -> None:
+        """rq's stop-execution command, from the node's stopper (worker/stopper.py), in rq's
+        command thread: stop the call running that run, if one still is (call_stop.py)."""
+        if self.call_stop.request(execution_id):
+            log.info("stopping the running call on request node=%s slot=%d execution=%s", self.node_id, self.slot,
+                     execution_id)  # fmt: skip
+
+    def stops_asked(self, executions: Sequence[Execution]) -> set[str]:
+        """The ids of those runs that this node was asked to stop (keys.stop_requests)."""
+        asked = {read_id(m) for m in self.connection.smembers(self.keys.stop_requests(self.node_id))}
+        return {e.id for e in executions if e.composite_key in asked}
+
+    def after_call(self, jobs: int, *, cuda_oom: bool) -> None:
+        """A call of `jobs` jobs has returned or raised, its outcomes not recorded yet: whether
+        this process is to make way for a fresh one (recycle.py) is settled now, so the record
+        takes no next job, and rq's loop ends once the record is written. A CUDA OOM first ejects
+        the node for Settings.oom_cooldown_s, so the retries of the call's jobs go to another node
+        when one can take them, and its queued jobs are handed back meanwhile."""
+        self.jobs_run += jobs
+        reason = CUDA_OOM if cuda_oom else self.recycle.crossed(self.jobs_run, rss_mib)
+        if reason and not self.recycle_reason:
+            self.recycle_reason = reason
+            self._stop_requested = True
+        if cuda_oom and (cooldown_ms := int(self.fleet_settings.oom_cooldown_s * 1000)):
+            self.connection.set(self.keys.ejected(self.node_id), OOM_EJECTION, px=cooldown_ms, nx=True)
+
+    def handle_job_stopped(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Record a run stopped on request: the job ends canceled (STOP_REASON in gf_error), in
+        the node queue's canceled registry and its batch's canceled counter, as a cancel ends a
+        queued job, and its stop request is dropped. Fenced like a success; False when the job
+        had been handed back meanwhile (nothing written)."""
+        s = self.fleet_settings
+        batch_id = job.batch_id if isinstance(job, FleetJob) else ""
+        writes = FencedWrites(self.connection)
+        p = writes.group(execution.composite_key, counted_batch=batch_id)
+        job.set_status(JobStatus.CANCELED, pipeline=p)
+        p.hset(job.key, mapping={"ended_at": utcformat(job.ended_at or now()), JobField.ERROR: STOP_REASON})
+        p.zadd(Keys.rq_canceled(queue.name), {job.id: time.time() + s.result_ttl_s})
+        p.expire(job.key, s.result_ttl_s)
+        if isinstance(job, FleetJob):
+            job._count(BatchCounter.CANCELED, p)
+        add_event(p, self.keys, s.events_max, EventKind.JOB_CANCELED, batch=batch_id, job=job.id, error=STOP_REASON)
+        p.srem(self.keys.stop_requests(self.node_id), execution.composite_key)
+        self.cleanup_execution(job, pipeline=writes.group(), execution=execution)
+        with self.connection.pipeline(transaction=False) as run:
+            self.scripts.apply_fenced(run, self.node_id, writes, events_max=s.events_max)
+            applied = bool(run.execute()[0][0])
+        if applied:
+            log.info("job stopped on request, canceled node=%s job=%s", self.node_id, job.id)
+        else:
+            self.late(job, execution)
+        return applied
 
     # -- starting -------------------------------------------------------------------------
     def start(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Execution]]:
@@ -348,7 +422,7 @@ class NodeWorker(SimpleWorker):
         self._state = WorkerStatus.IDLE  # what finish_jobs writes
         start = self._take_start(1) if self._may_take_next() else None
         with self.connection.pipeline() as p:
-            self.scripts.finish_jobs(p, self.node_id, self.name, finishes)
+            self.scripts.finish_jobs(p, self.node_id, self.name, finishes, events_max=self.fleet_settings.events_max)
             if start:
                 self.scripts.take_job(self.taker, start, pipeline=p)
             replies = p.execute()
@@ -380,22 +454,28 @@ class NodeWorker(SimpleWorker):
                       working_s, job.batch_id if isinstance(job, FleetJob) else "", result.serialize())  # fmt: skip
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
-                           execution: Execution | None = None, *, retry: bool = True) -> bool:  # fmt: skip
+                           execution: Execution | None = None, *, retry: bool = True,
+                           node_fault: bool = False) -> bool:  # fmt: skip
         """Record a failed run: a retry after a backoff while its retries allow (and `retry`),
-        else the failure for good. Fenced like a success; False when the job had been handed
-        back meanwhile (nothing written). rq calls it too, with no execution: then unfenced."""
+        else the failure for good. A run that failed by its node's doing (`node_fault`: a CUDA
+        OOM, a batch-mate's stop) is retried as a lost node's is, up to max(retries,
+        Settings.node_loss_retries) times. Fenced like a success; False when the job had been
+        handed back meanwhile (nothing written). rq calls it too, with no execution: then unfenced."""
         attempt = self._attempt(job)
         retries = int(job.fleet.get(JobField.RETRIES, 0) if isinstance(job, FleetJob) else 0)
+        if node_fault:
+            retries = max(retries, self.fleet_settings.node_loss_retries)
         writes = FencedWrites(self.connection)
-        p = writes.group(execution.composite_key if execution else "")
+        member = execution.composite_key if execution else ""
         if retry and self._stopped_job_id != job.id and may_retry(attempt, retries):
-            delay_s = self._schedule_retry(p, job, exc_string, execution, attempt)
+            delay_s = self._schedule_retry(writes.group(member), job, exc_string, execution, attempt)
         else:
             delay_s = None
-            self._record_failure(p, job, exc_string, execution)
+            batch_id = job.batch_id if isinstance(job, FleetJob) else ""
+            self._record_failure(writes.group(member, counted_batch=batch_id), job, exc_string, execution)
         self.cleanup_execution(job, pipeline=writes.group(), execution=execution)
         with self.connection.pipeline(transaction=False) as run:
-            self.scripts.apply_fenced(run, self.node_id, writes)
+            self.scripts.apply_fenced(run, self.node_id, writes, events_max=self.fleet_settings.events_max)
             applied = bool(run.execute()[0][0])
         if applied and delay_s is not None:
             log.info("job retry scheduled job=%s attempt=%d in=%.2fs", job.id, attempt, delay_s)
@@ -405,8 +485,8 @@ class NodeWorker(SimpleWorker):
 
     def _schedule_retry(self, p: Pipeline, job: Job, exc_string: str, execution: Execution | None,
                         attempt: int) -> float:  # fmt: skip
-        """Queue on `p` this attempt's error and the job's wait in the retry schedule until its
-        backoff has passed; the backoff."""
+        """Queue on `p` this attempt's error, the job's wait in the retry schedule until its
+        backoff has passed, and its job_retried event; the backoff."""
         s = self.fleet_settings
         delay_s = retry_delay_s(attempt, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=self._rng)
         priority = job.fleet.get(JobField.PRIORITY, "normal") if isinstance(job, FleetJob) else "normal"
@@ -419,11 +499,12 @@ class NodeWorker(SimpleWorker):
         p.zadd(self.keys.retry_schedule(priority), {job.id: time.time() + delay_s})
         self.increment_failed_job_count(p)
         wake_dispatcher(p, self.keys)
+        self._event(p, EventKind.JOB_RETRIED, job, attempt, exc_string)
         return delay_s
 
     def _record_failure(self, p: Pipeline, job: Job, exc_string: str, execution: Execution | None) -> None:
         """Queue on `p` what rq's handle_job_failure writes for a job that fails for good
-        (gpufleet jobs have no rq retries, dependents or callbacks)."""
+        (gpufleet jobs have no rq retries, dependents or callbacks), and its job_failed event."""
         job.set_status(JobStatus.FAILED, pipeline=p)
         job._handle_failure(exc_string, pipeline=p, worker_name=self.name,
                             execution_id=execution.id if execution else None,
@@ -432,3 +513,10 @@ class NodeWorker(SimpleWorker):
         self.increment_failed_job_count(p)
         if job.started_at and job.ended_at:
             self.increment_total_working_time(job.ended_at - job.started_at, p)
+        self._event(p, EventKind.JOB_FAILED, job, self._attempt(job), exc_string)
+
+    def _event(self, p: Pipeline, kind: str, job: Job, attempt: int, exc_string: str) -> None:
+        """Queue on `p` the event of a failed attempt (job_retried, job_failed)."""
+        batch = job.batch_id if isinstance(job, FleetJob) else ""
+        add_event(p, self.keys, self.fleet_settings.events_max, kind, batch=batch, job=job.id, node=self.node_id,
+                  attempt=attempt, error=short_error(exc_string))  # fmt: skip

@@ -1,11 +1,13 @@
 """The worker: one node process (heartbeat, claim of the node id, supervision) and its job slots.
 
 The node process claims its node id as a new incarnation (dispatcher/node_claim.py), gives back
-what an earlier process of that id left, sends the heartbeat and supervises `capacity` slot
-processes, each an rq SimpleWorker on the node queue. SimpleWorker runs jobs in its own process
-(no fork per job), so a model loaded once stays warm on the GPU; CUDA would not survive a fork
-anyway. Jobs never run in the node process, so a job that holds the GIL cannot stop the
-heartbeat. `--gpus` runs one node process per GPU (or per group of GPUs) under a supervisor.
+what an earlier process of that id left, sends the heartbeat, runs the stopper (stopper.py:
+jobs asked to stop) and supervises `capacity` slot processes, each an rq SimpleWorker on the
+node queue; one that recycles itself (recycle.py) is replaced at once. SimpleWorker runs jobs
+in its own process (no fork per job), so a model loaded once stays warm on the GPU; CUDA would
+not survive a fork anyway. Jobs never run in the node process, so a job that holds the GIL
+cannot stop the heartbeat. `--gpus` runs one node process per GPU (or per group of GPUs) under
+a supervisor.
 
 Every process here rides out Redis going away (a restart, an outage of any length, a
 failover): it waits with backoff, logs one line per outage, and starts over where it stood.
@@ -43,7 +45,9 @@ from .gpu_nodes import cuda_visible_devices, gpu_node_id, gpu_url, group_gpus, s
 from .heartbeat import Heartbeat, NodeInfo
 from .metrics import DURATION_BUCKETS_S, serve_worker_metrics
 from .node_worker import NodeWorker
+from .recycle import EXIT_RECYCLE, NO_LIMITS, RecycleLimits, rss_mib
 from .stats import NodeStats
+from .stopper import Stopper
 from .supervisor import MAX_RESTART_BACKOFF_S, RESTART_BACKOFF_S, Child, supervise
 
 if TYPE_CHECKING:  # the forwarder's modules need httpx, which only the `openai` extra installs
@@ -72,6 +76,7 @@ class WorkerOptions:
     devices: tuple[GpuDevice, ...] | None = None  # the GPUs this node owns; None: all NVML sees
     openai: OpenAIServer | None = None  # a forwarder: the server its requests go to (worker --openai-url)
     concurrency: int = DEFAULT_CONCURRENCY  # a forwarder: requests in flight at once (its capacity)
+    recycle: RecycleLimits = NO_LIMITS  # when a slot process makes way for a fresh one (--max-jobs, --max-memory-mib)
 
     @property
     def slots(self) -> int:
@@ -113,12 +118,17 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     if not _once_redis_answers(opts.node_id, heartbeat.beat):  # alive before the first job can be routed here
         raise NodeTakenOver(opts.node_id)
     heartbeat.start()
+    slot_pids: dict[int, int] = {}  # slot -> its process now (supervise_slots keeps it)
+    stopper = Stopper(connect(settings.redis_url, check=False), keys, opts.node_id, incarnation,
+                      grace_s=settings.stop_grace_s, slot_pids=lambda: set(slot_pids.values()))  # fmt: skip
+    stopper.start()
     log.info("worker started node=%s incarnation=%s probe=%s speed=%g capacity=%d%s", opts.node_id, incarnation,
              probe.name, opts.sim_speed, opts.holds,
              f" openai={opts.openai.base_url}" if opts.openai else "")  # fmt: skip
     try:
-        final = supervise_slots(settings, opts, stats, incarnation)
+        final = supervise_slots(settings, opts, stats, incarnation, slot_pids)
     finally:
+        stopper.stop()
         heartbeat.stop()
         if server:
             server.stop()
@@ -156,10 +166,12 @@ def _once_redis_answers(node_id: str, step: Callable[[], T]) -> T:
             backoff_s = min(MAX_RESTART_BACKOFF_S, backoff_s * 2)
 
 
-def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats, incarnation: str) -> int | None:
+def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats, incarnation: str,
+                    slot_pids: dict[int, int]) -> int | None:  # fmt: skip
     """Run `capacity` slot processes on the node queue; one that dies has its jobs handed back
-    (running ones retried) and is restarted, until stopped. Returns EXIT_TAKEN_OVER if a slot
-    found the node taken over."""
+    (running ones retried) and is restarted, until stopped; one that recycles itself is replaced
+    at once. `slot_pids` follows each slot's process. Returns EXIT_TAKEN_OVER if a slot found
+    the node taken over."""
     r = connect(settings.redis_url, check=False)
     keys = Keys(settings.namespace)
     scripts = Scripts(r, keys)
@@ -179,10 +191,15 @@ def supervise_slots(settings: Settings, opts: WorkerOptions, stats: NodeStats, i
         except REDIS_DOWN as e:  # the slot gives back what it held itself when it starts again
             log.error("could not hand back a dead slot's jobs node=%s slot=%s error=%s", opts.node_id, child.name, e)
             return
-        log.warning("slot process died, its jobs handed back node=%s slot=%s requeued=%d retried=%d failed=%d",
-                    opts.node_id, child.name, report.requeued, report.retried, report.failed)  # fmt: skip
+        log.warning("slot process died, its jobs handed back node=%s slot=%s requeued=%d retried=%d failed=%d "
+                    "stopped=%d", opts.node_id, child.name, report.requeued, report.retried, report.failed,
+                    report.stopped)  # fmt: skip
 
-    return supervise(children, burst=opts.burst, on_stop=drain, on_death=hand_back, final_codes=(EXIT_TAKEN_OVER,))
+    def started(child: Child, pid: int) -> None:
+        slot_pids[slots[child.name]] = pid
+
+    return supervise(children, burst=opts.burst, on_stop=drain, on_death=hand_back, on_start=started,
+                     final_codes=(EXIT_TAKEN_OVER,), restart_codes=(EXIT_RECYCLE,))  # fmt: skip
 
 
 def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: int, incarnation: str,
@@ -223,6 +240,11 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
         else:
             if worker.taken_over:
                 sys.exit(EXIT_TAKEN_OVER)
+            if worker.recycle_reason:  # the next process of this slot gives back whatever this one still held
+                log.info("slot process recycled, a fresh one takes over node=%s slot=%d reason=%s jobs=%d rss_mib=%.0f",
+                         opts.node_id, slot, worker.recycle_reason, worker.jobs_run, rss_mib())  # fmt: skip
+                stats.recycled(worker.recycle_reason)
+                sys.exit(EXIT_RECYCLE)
             if lost is None and (worker.stop_requested or opts.burst):
                 return
         if lost is not None and not down:
@@ -238,7 +260,7 @@ def work_slot(settings: Settings, opts: WorkerOptions, stats: NodeStats, slot: i
 def _slot_worker(opts: WorkerOptions, *args: Any, **kwargs: Any) -> NodeWorker:
     """A slot's rq worker: a forwarder when the node forwards to an OpenAI server."""
     if opts.openai is None:
-        return NodeWorker(*args, **kwargs)
+        return NodeWorker(*args, recycle=opts.recycle, **kwargs)
     from .forwarder.loop import ForwarderWorker  # needs httpx: the `openai` extra
 
     return ForwarderWorker(*args, server=opts.openai, concurrency=opts.concurrency, **kwargs)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from gpufleet.dispatcher.routing.models import SERVICE_TIME_EWMA_ALPHA
 
+from .recycle import REASONS
+
 log = logging.getLogger(__name__)
 
 MODELS_BYTES = 4096  # room for the comma-joined names of the models the node's slots keep warm
@@ -40,6 +42,7 @@ class Totals:
     failed: int
     bucket_counts: tuple[int, ...]  # jobs per duration bucket (not cumulative); the last is +Inf
     duration_sum_s: float
+    recycles: tuple[int, ...]  # slot processes replaced, per recycle.REASONS
 
 
 class NodeStats:
@@ -64,6 +67,7 @@ class NodeStats:
         self.last_busy_fraction = 0.0  # busy fraction of the most recent view (this process)
         self._hist = _MP.Array("d", len(self.buckets) + 2, lock=False)  # bucket counts, +Inf, sum
         self._models = _MP.Array("c", MODELS_BYTES, lock=False)  # comma-joined model names
+        self._recycles = _MP.Array("d", len(REASONS), lock=False)  # slot processes replaced, per reason
 
     def job_started(self, slot: int = 0, count: int = 1) -> None:
         """`count` jobs started together in `slot` (more than one: a batch)."""
@@ -83,9 +87,27 @@ class NodeStats:
             self._v[_SERVICE_S] += SERVICE_TIME_EWMA_ALPHA * (duration_s - self._v[_SERVICE_S])
             self._hist[bisect_left(self.buckets, duration_s)] += count  # le semantics: duration <= bound
             self._hist[-1] += duration_s * count
-            if self._started[slot] >= 0:
-                self._v[_BUSY_S] += t - max(self._started[slot], self._v[_WINDOW_START])
-                self._started[slot] = -1.0
+            self._slot_idle(slot, t)
+
+    def jobs_stopped(self, slot: int = 0, count: int = 1) -> None:
+        """`count` jobs of `slot` were stopped on request: no longer running, and neither
+        completed nor failed (a stop says nothing of the node), nor a service time."""
+        if count < 1:
+            return
+        with self._lock:
+            self._v[_RUNNING] = max(0.0, self._v[_RUNNING] - count)
+            self._slot_idle(slot, self._clock())
+
+    def _slot_idle(self, slot: int, t: float) -> None:
+        """The slot's job ended at `t`: its busy time counts (the lock held)."""
+        if self._started[slot] >= 0:
+            self._v[_BUSY_S] += t - max(self._started[slot], self._v[_WINDOW_START])
+            self._started[slot] = -1.0
+
+    def recycled(self, reason: str) -> None:
+        """A slot process made way for a fresh one, for `reason` (one of recycle.REASONS)."""
+        with self._lock:
+            self._recycles[REASONS.index(reason)] += 1
 
     def service_time_s(self) -> float:
         """The EWMA service time now (reads nothing else and resets nothing, unlike `view`)."""
@@ -130,4 +152,5 @@ class NodeStats:
         """Completed, failed and the duration histogram, read together; unlike view(), no side effect."""
         with self._lock:
             counts = tuple(int(c) for c in self._hist[:-1])
-            return Totals(int(self._v[_COMPLETED]), int(self._v[_FAILED]), counts, self._hist[-1])
+            return Totals(int(self._v[_COMPLETED]), int(self._v[_FAILED]), counts, self._hist[-1],
+                          tuple(int(c) for c in self._recycles))  # fmt: skip

@@ -46,19 +46,24 @@ def _child_main(child: Child) -> None:
 
 
 def supervise(children: Sequence[Child], *, burst: bool = False, on_stop: Callable[[], None] | None = None,
-              on_death: Callable[[Child, int], None] | None = None, done_codes: Collection[int] = (),
-              final_codes: Collection[int] = ()) -> int | None:  # fmt: skip
+              on_death: Callable[[Child, int], None] | None = None,
+              on_start: Callable[[Child, int], None] | None = None, done_codes: Collection[int] = (),
+              final_codes: Collection[int] = (), restart_codes: Collection[int] = ()) -> int | None:  # fmt: skip
     """Run every child until SIGINT/SIGTERM; a child that dies is restarted after a backoff
     (0.5 s, doubling to 30 s), once `on_death(child, pid)` has cleaned up after it. A child that
-    exits with one of `done_codes` (or 0, with `burst`) is done. `on_stop` runs once when a stop
-    signal arrives. A child that exits with one of `final_codes` stops the others, as a stop
-    signal does; its code is returned (else None)."""
+    exits with one of `restart_codes` asked for its own replacement (worker/recycle.py): it is
+    restarted at once, its backoff reset, with no clean-up. `on_start(child, pid)` runs after
+    each start. A child that exits with one of `done_codes` (or 0, with `burst`) is done.
+    `on_stop` runs once when a stop signal arrives. A child that exits with one of `final_codes`
+    stops the others, as a stop signal does; its code is returned (else None)."""
     mp = multiprocessing.get_context("spawn")
     stopping = threading.Event()
 
     def start(child: Child) -> multiprocessing.process.BaseProcess:
         p = mp.Process(target=_child_main, args=(child,), name=child.name)
         p.start()
+        if on_start and p.pid:
+            on_start(child, p.pid)
         return p
 
     def forward(signum: int, frame: Any) -> None:
@@ -87,6 +92,10 @@ def supervise(children: Sequence[Child], *, burst: bool = False, on_stop: Callab
                     forward(signal.SIGTERM, None)
                 if stopping.is_set() or p.exitcode in done_codes or (burst and p.exitcode == 0):
                     del procs[name]
+                    continue
+                if p.exitcode in restart_codes:
+                    backoff_s[name] = RESTART_BACKOFF_S
+                    procs[name] = start(by_name[name])
                     continue
                 log.warning("child died, restarting child=%s exitcode=%s in=%.1fs", name, p.exitcode, backoff_s[name])
                 if on_death:

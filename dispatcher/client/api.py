@@ -41,6 +41,7 @@ from ..store.connection import connect, mask_url
 from ..store.job import job_class
 from ..store.keys import Keys
 from .jobfile import check_specs
+from .notify import check_notify_url, set_notify
 from .results import (
     READ_CHUNK,
     BatchProgress,
@@ -131,10 +132,12 @@ class Batch:
         return write_results(self._r, self._keys, self.id, out, errors=errors, openai=openai, follow=follow,
                              drop_after_write=drop_after_write)  # fmt: skip
 
-    def cancel(self) -> CancelReport:
+    def cancel(self, *, running: bool = False, wait_s: float | None = None) -> CancelReport:
         """Cancel the jobs that have not started (queued, or waiting to retry), as `gpufleet
-        cancel` does; running and ended jobs are left alone. Says how many of each."""
-        return cancel(self._r, self._settings, self.id)
+        cancel` does; with `running`, stop the running ones on their nodes too (`cancel
+        --running`), waiting up to `wait_s` (default: the stop grace plus two liveness TTLs; 0:
+        do not wait) for them to end canceled. Ended jobs are left alone. Says how many of each."""
+        return cancel(self._r, self._settings, self.id, running=running, wait_s=wait_s)
 
     def _records_as_they_end(self) -> Iterator[dict[str, Any]]:
         """Per poll one HGET, of the next job's status; once it ended, one pipeline reads the
@@ -204,10 +207,15 @@ class Client:
         retries: int = 0,
         gpu_mem_gib: float = 0.0,
         batch: str | None = None,
+        tenant: str | None = None,
+        notify: str | None = None,
     ) -> Batch:
         """Submit one job per input, each calling `func` ("module:function", resolved on the
         worker, never imported here), as one batch; `ids` are your own ids, one per input.
-        The options are JobSpec's, for every job; `batch` names the batch (default: a new id).
+        The options are JobSpec's, for every job; `batch` names the batch (default: a new id),
+        `tenant` its tenant (default: settings.tenant, i.e. GPUFLEET_TENANT, else "default");
+        with `notify` (an http or https URL, else SettingsError), the dispatcher POSTs the
+        batch's summary there when it ends, as `submit --notify` has it (README).
 
         Every job is checked first, as a job file line is: JobFileError ("jobs:N: field ...",
         N counted from 1) and nothing enqueued. A list, tuple, range or other Collection is read
@@ -223,28 +231,35 @@ class Client:
                 yield JobSpec(func, value, _text_id(client_id), model, affinity, priority, timeout_s, retries,
                               gpu_mem_gib)  # fmt: skip
 
-        return self._submit(specs, len(items), func if isinstance(func, str) else None, batch)
+        return self._submit(specs, len(items), func if isinstance(func, str) else None, batch, tenant, notify)
 
-    def submit_jobs(self, specs: Iterable[JobSpec], *, batch: str | None = None) -> Batch:
-        """Submit JobSpecs, each with its own function and options, as one batch: the same
-        checks, and the same reading of `specs`, as submit."""
+    def submit_jobs(self, specs: Iterable[JobSpec], *, batch: str | None = None, tenant: str | None = None,
+                    notify: str | None = None) -> Batch:  # fmt: skip
+        """Submit JobSpecs, each with its own function and options, as one batch (of `tenant`):
+        the same checks, the same reading of `specs` and the same `notify`, as submit."""
         items = _collection(specs)
         first = next(iter(items), None)
-        return self._submit(lambda: items, len(items), first.func if first else None, batch)
+        return self._submit(lambda: items, len(items), first.func if first else None, batch, tenant, notify)
 
     def submit_file(self, path: str, *, format: str = "auto", func: str | None = None, priority: str = "normal",
                     retries: int | None = None, timeout_s: int | None = None, batch: str | None = None,
-                    resume: bool = False) -> Batch:  # fmt: skip
+                    resume: bool = False, tenant: str | None = None, notify: str | None = None) -> Batch:  # fmt: skip
         """Submit a job file or an OpenAI batch file ('-': stdin) as one batch, as `gpufleet submit`
         does: `format` "auto" (OpenAI when the first line has custom_id, method, url and body),
         "jsonl" or "openai"; `func` for job file lines without one, `retries` (default 3) and
         `timeout_s` for OpenAI lines. Every line is checked first (JobFileError naming the line,
         nothing enqueued), reading the file twice in constant memory. With `resume`, an existing
         batch `batch` gets only what did not run to an end; the Batch's `receipt.resumed` says
-        what it found (see README "OpenAI batch files on your own servers")."""
+        what it found (see README "OpenAI batch files on your own servers"). `notify` as in submit."""
+        if notify is not None:
+            check_notify_url(notify)
         receipt = submit_file(self._r, self.settings, path, default_func=func, default_priority=priority,
-                              batch_id=batch, fmt=format, retries=retries, timeout_s=timeout_s, resume=resume)
-        size = read_progress(self._r, Keys(self.settings.namespace), receipt.batch_id).size
+                              batch_id=batch, fmt=format, retries=retries, timeout_s=timeout_s, resume=resume,
+                              tenant=tenant or self.settings.tenant)  # fmt: skip
+        keys = Keys(self.settings.namespace)
+        if notify is not None:
+            set_notify(self._r, keys, receipt.batch_id, notify)
+        size = read_progress(self._r, keys, receipt.batch_id).size
         return Batch(self._r, self.settings, receipt.batch_id, size, receipt)
 
     def map(
@@ -259,6 +274,7 @@ class Client:
         retries: int = 0,
         gpu_mem_gib: float = 0.0,
         batch: str | None = None,
+        tenant: str | None = None,
     ) -> Iterator[Any]:
         """Submit `func` over `inputs` now, as submit does, and return an iterator of the return
         values in input order, like builtins.map and Executor.map: each next() blocks until that
@@ -266,7 +282,7 @@ class Client:
         or expired) raises JobFailed there. Stopping early (break, an exception, JobFailed) cancels
         the jobs that have not started, as Executor.map does."""
         submitted = self.submit(func, inputs, model=model, affinity=affinity, priority=priority, timeout_s=timeout_s,
-                                retries=retries, gpu_mem_gib=gpu_mem_gib, batch=batch)  # fmt: skip
+                                retries=retries, gpu_mem_gib=gpu_mem_gib, batch=batch, tenant=tenant)  # fmt: skip
         return _values_in_order(submitted)
 
     def batch(self, batch_id: str) -> Batch:
@@ -285,9 +301,14 @@ class Client:
                  tb: TracebackType | None) -> None:  # fmt: skip
         self.close()
 
-    def _submit(self, specs: Callable[[], Iterable[JobSpec]], size: int, func: str | None, batch: str | None) -> Batch:
+    def _submit(self, specs: Callable[[], Iterable[JobSpec]], size: int, func: str | None, batch: str | None,
+                tenant: str | None, notify: str | None) -> Batch:  # fmt: skip
+        if notify is not None:
+            check_notify_url(notify)
         check_specs(specs())  # all of them, before anything is written
-        batch_id = self._submitter.start_batch(batch, size, func)
+        batch_id = self._submitter.start_batch(batch, size, func, tenant or self.settings.tenant)
+        if notify is not None:  # before any job is enqueued: the batch cannot end first
+            set_notify(self._r, Keys(self.settings.namespace), batch_id, notify)
         return Batch(self._r, self.settings, batch_id, self._submitter.enqueue(specs(), batch_id))
 
 

@@ -46,7 +46,8 @@ def read_progress(r: Redis, keys: Keys, batch_id: str) -> BatchProgress:
     raw = r.hgetall(keys.batch_info(batch_id))
     if not raw:
         raise NotFound(f"no batch {batch_id!r} (submit prints the id; `gpufleet status` lists none by name)")
-    counts = {as_text(k): int(float(v)) for k, v in raw.items() if as_text(k) != "func"}
+    counters = (BatchCounter.SIZE, BatchCounter.FINISHED, BatchCounter.FAILED, BatchCounter.CANCELED)
+    counts = {as_text(k): int(float(v)) for k, v in raw.items() if as_text(k) in counters}
     return BatchProgress(
         size=counts.get(BatchCounter.SIZE, 0),
         finished=counts.get(BatchCounter.FINISHED, 0),
@@ -85,6 +86,26 @@ def _read_jobs(r: Redis, ids: list[str]) -> list[tuple[dict[bytes, bytes], list[
             p.xrevrange(Keys.rq_results(job_id), "+", "-", count=1)
         replies = p.execute()
     return list(zip(replies[0::2], replies[1::2]))
+
+
+def failed_records(r: Redis, keys: Keys, batch_id: str, limit: int) -> list[dict[str, Any]]:
+    """The `results` records of the batch's first `limit` jobs that are failed now (or
+    stopped), in the order they ended: its ended list is read READ_CHUNK ids per round trip
+    until `limit` are found, so a batch with few failures is read through once."""
+    cls, list_key = job_class(keys), keys.batch_ended(batch_id)
+    found: dict[str, dict[str, Any]] = {}
+    start = 0
+    while len(found) < limit and (ids := [as_text(i) for i in r.lrange(list_key, start, start + READ_CHUNK - 1)]):
+        with r.pipeline(transaction=False) as p:
+            for job_id in ids:
+                p.hget(Keys.rq_job(job_id), "status")
+            statuses = p.execute()
+        failed = [j for j, s in zip(ids, statuses) if s in (b"failed", b"stopped") and j not in found]
+        failed = list(dict.fromkeys(failed))[: limit - len(found)]  # a job that failed, was requeued and failed again
+        for job_id, (raw, latest) in zip(failed, _read_jobs(r, failed)):
+            found[job_id] = result_record(r, cls, job_id, raw, latest)
+        start += READ_CHUNK
+    return list(found.values())
 
 
 _ENDED_FROM = JobField.ENDED_FROM.encode()

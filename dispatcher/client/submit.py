@@ -29,11 +29,12 @@ from redis import Redis, WatchError
 from rq.utils import as_text, now, utcformat
 
 from ..errors import GpufleetError, JobFileError
+from ..fleet.tenants import batch_tenant, check_room_to_queue, check_tenant
 from ..routing.models import JobSpec
 from ..settings import Settings
 from ..store.job import BatchCounter, QueuedJobHash, func_path, wake_dispatcher
-from ..store.keys import PRIORITIES, RQ_QUEUES, JobField, Keys
-from ..store.scripts import MOVED, JobPlace, Scripts
+from ..store.keys import DEFAULT_TENANT, PRIORITIES, JobField, Keys
+from ..store.scripts import MOVED, JobPlace, Lane, Scripts
 from .jobfile import check_specs, count_jobs, numbered_jobs
 from .openai_batch import DEFAULT_RETRIES, FORMATS, FORWARD_FUNC, count_requests, is_openai_line, read_requests
 from .results import READ_CHUNK
@@ -85,18 +86,23 @@ class Submitter:
         self._keys = Keys(settings.namespace)
         self._scripts = Scripts(r, self._keys)
 
-    def start_batch(self, batch_id: str | None, size: int, func: str | None) -> str:
-        """Claim a batch id (a new one when None); a name already in use is refused."""
+    def start_batch(self, batch_id: str | None, size: int, func: str | None, tenant: str = DEFAULT_TENANT) -> str:
+        """Claim a batch id (a new one when None) for `tenant`; a name already in use is refused,
+        and so is a batch that would leave more of the tenant's jobs waiting than its quota."""
         batch_id = batch_id or new_batch_id()
-        if not self._scripts.start_batch(batch_id, size, func or "", time.time()):
+        check_room_to_queue(self._r, self._keys, check_tenant(tenant), size)
+        if not self._scripts.start_batch(batch_id, size, func or "", time.time(), tenant):
             raise GpufleetError(f"batch {batch_id!r} already exists; choose another --batch name")
         return batch_id
 
     def enqueue(self, specs: Iterable[JobSpec], batch_id: str, progress: Progress | None = None) -> int:
         """Enqueue every spec (already validated) in chunks of one pipelined round trip each:
-        per chunk, one HSET per job, then one RPUSH of the chunk's ids per ingress it uses and
-        one onto the batch's list (ids only ever point at a job HASH that already exists)."""
-        hashes = QueuedJobHash(self._keys, batch_id, self._settings.result_ttl_s)
+        per chunk, one HSET per job, then one RPUSH of the chunk's ids onto the batch's lane of
+        each priority it uses (registered in that priority's lanes after the push, so the
+        dispatcher never forgets a lane with jobs) and one onto the batch's list (ids only ever
+        point at a job HASH that already exists)."""
+        tenant = batch_tenant(self._r, self._keys, batch_id)
+        hashes = QueuedJobHash(self._keys, batch_id, self._settings.result_ttl_s, tenant=tenant)
         batch_jobs = self._keys.batch_jobs(batch_id)
         total = 0
         it = iter(specs)
@@ -110,9 +116,8 @@ class Submitter:
                     p.hset(key, items=fields)
                     queued.setdefault(spec.priority, []).append(job_id)
                 for priority, job_ids in queued.items():
-                    queue = Keys.rq_queue(self._keys.ingress_queue(priority))
-                    p.rpush(queue, *job_ids)
-                    p.sadd(RQ_QUEUES, queue)
+                    p.rpush(Keys.rq_queue(self._keys.lane_queue(priority, batch_id)), *job_ids)
+                    p.hset(self._keys.lanes(priority), batch_id, tenant)
                 p.rpush(batch_jobs, *ids)
                 wake_dispatcher(p, self._keys)
                 p.execute()
@@ -121,11 +126,12 @@ class Submitter:
                 progress(len(chunk))
         return total
 
-    def submit(self, specs: Sequence[JobSpec], batch_id: str | None = None) -> SubmitReceipt:
+    def submit(self, specs: Sequence[JobSpec], batch_id: str | None = None,
+               tenant: str = DEFAULT_TENANT) -> SubmitReceipt:  # fmt: skip
         """Python API: check every spec as a job file line is checked (a JobFileError naming the
-        spec's number and field), then enqueue them all as one batch."""
+        spec's number and field), then enqueue them all as one batch of `tenant`."""
         check_specs(specs)
-        batch_id = self.start_batch(batch_id, len(specs), specs[0].func if specs else None)
+        batch_id = self.start_batch(batch_id, len(specs), specs[0].func if specs else None, tenant)
         return SubmitReceipt(batch_id, self.enqueue(specs, batch_id))
 
 
@@ -203,10 +209,11 @@ def submit_file(
     retries: int | None = None,
     timeout_s: int | None = None,
     resume: bool = False,
+    tenant: str = DEFAULT_TENANT,
 ) -> SubmitReceipt:
     """Validate every line of a job file or an OpenAI batch file (`fmt`, see file_format), then
-    enqueue them all as one batch. `progress_factory(total)` returns the callback that reports
-    enqueue progress. With `resume`, a batch `batch_id` that exists already is resumed
+    enqueue them all as one batch of `tenant`. `progress_factory(total)` returns the callback that
+    reports enqueue progress. With `resume`, a batch `batch_id` that exists already is resumed
     (resume_batch) instead of refused; one that does not is submitted as usual."""
     if resume and not batch_id:
         raise GpufleetError("--resume needs --batch NAME: the batch to resume")
@@ -220,7 +227,7 @@ def submit_file(
         if resume and batch_id and r.exists(Keys(settings.namespace).batch_info(batch_id)):
             return resume_batch(r, settings, batch_id, stream, source, kind, total, progress_factory)
         submitter = Submitter(r, settings)
-        batch_id = submitter.start_batch(batch_id, total, kind.func)
+        batch_id = submitter.start_batch(batch_id, total, kind.func, tenant)
         progress = progress_factory(total) if progress_factory else None
         stream.seek(0)
         jobs = (spec for _, spec in kind.read(stream))
@@ -325,9 +332,10 @@ def _same_request(data: bytes, spec: JobSpec) -> bool:
 
 def _requeue_ended(r: Redis, settings: Settings, keys: Keys, batch_id: str,
                    existing: int) -> tuple[Counter[str], int]:  # fmt: skip
-    """Put the batch's failed and canceled jobs back at the end of their ingress; (how many per
-    batch counter, how many had moved meanwhile)."""
+    """Put the batch's failed and canceled jobs back at the end of their lane (they wait their
+    tenant's turn again); (how many per batch counter, how many had moved meanwhile)."""
     scripts = Scripts(r, keys)
+    lane = Lane(batch_id, batch_tenant(r, keys, batch_id))
     requeued: Counter[str] = Counter()
     skipped = 0
     rows = _stored(r, keys, batch_id, ("status", "origin", JobField.PRIORITY), limit=existing)
@@ -343,7 +351,7 @@ def _requeue_ended(r: Redis, settings: Settings, keys: Keys, batch_id: str,
             registry = Keys.rq_canceled(origin) if status == "canceled" else Keys.rq_failed(origin)
             groups.setdefault((priority or "normal", _REQUEUE[status]), []).append(JobPlace(job_id, registry, batch_id))
         for (priority, counter), places in groups.items():
-            flags = scripts.return_to_ingress(priority, places, at_front=False, counter=counter)
+            flags = scripts.return_to_ingress(priority, places, at_front=False, counter=counter, lane=lane)
             requeued[counter] += flags.count(MOVED)
             skipped += len(flags) - flags.count(MOVED)
     if requeued:

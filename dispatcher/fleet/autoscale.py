@@ -29,7 +29,8 @@ from redis import Redis
 
 from ..errors import SettingsError
 from ..routing.models import NodeState
-from ..store.keys import PRIORITIES, Keys
+from ..store.keys import Keys
+from .tenants import read_waiting_counts
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +199,7 @@ class Autoscaler:
         self._due = now + self._interval_s
         if self.decision is None and (published := read_desired(self._r, self._keys)) is not None:
             self.decision = Decision(published, now)
-        with self._r.pipeline(transaction=False) as p:
-            for priority in PRIORITIES:
-                p.llen(Keys.rq_queue(self._keys.ingress_queue(priority)))
-            ingress = dict(zip(PRIORITIES, (int(n) for n in p.execute())))
+        ingress = {priority: w.total for priority, w in read_waiting_counts(self._r, self._keys).items()}
         live = [n for n in nodes if n.alive]
         unfinished = sum(ingress.values()) + sum(n.queued + n.running for n in live)
         arrival = self._meter.observe(now, unfinished, sum(n.completed + n.failed for n in nodes))

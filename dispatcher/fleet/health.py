@@ -19,6 +19,7 @@ from redis import Redis
 
 from ..routing.models import NodeState
 from ..settings import Settings
+from ..store.events import EventKind, add_event
 from ..store.job import BatchCounter
 from ..store.keys import PRIORITIES, JobField, Keys
 from ..store.scripts import DROPPED, MOVED, Ending, JobPlace, Scripts, as_raw, read_id
@@ -29,6 +30,7 @@ from .retry import may_retry
 log = logging.getLogger(__name__)
 
 RETRY_PROMOTE_CHUNK = 500
+STOP_REASON = "stopped on request"  # gf_error of a job stopped while it ran (cancel --running)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class NodeJob:
     attempts: int
     retries: int
     running: bool  # started (in rq's started registry); a held job was taken, never started
+    stop_asked: bool  # running, and its run is among the node's stop requests (cancel --running)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class RequeueReport:
     retried: int = 0  # running jobs sent to run again elsewhere
     failed: int = 0  # running jobs past their retry limit
     dropped: int = 0  # ids whose job HASH was gone: removed, nothing could run them
+    stopped: int = 0  # running jobs asked to stop: canceled, never run again
 
 
 @dataclass(frozen=True)
@@ -81,15 +85,18 @@ def find_node_jobs(r: Redis, keys: Keys, node_id: str, scope: Leftovers) -> list
     with r.pipeline(transaction=False) as p:
         if scope.started_by is not None:
             p.zrange(Keys.rq_started(queue), 0, -1)
+            p.smembers(keys.stop_requests(node_id))
         for held in lists:
             p.lrange(held, 0, -1)
         if scope.queued:
             p.lrange(Keys.rq_queue(queue), 0, -1)
         replies = iter(p.execute())
     places = []
+    stops: set[str] = set()
     if scope.started_by is not None:
         for member in map(read_id, next(replies)):
             places.append(JobPlace(member.split(":")[0], Keys.rq_started(queue), member=member))
+        stops = {read_id(m) for m in next(replies)}
     for held in lists:
         places += [JobPlace(read_id(j), held) for j in next(replies)]
     if scope.queued:
@@ -111,6 +118,7 @@ def find_node_jobs(r: Redis, keys: Keys, node_id: str, scope: Leftovers) -> list
             attempts=_count(attempts),
             retries=_count(retries),
             running=bool(place.member),
+            stop_asked=place.member in stops,
         ))  # fmt: skip
     return jobs
 
@@ -118,24 +126,54 @@ def find_node_jobs(r: Redis, keys: Keys, node_id: str, scope: Leftovers) -> list
 def requeue_node(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str,
                  scope: Leftovers) -> RequeueReport:  # fmt: skip
     """Give a node's jobs in `scope` back to the front of their ingress, in order; a running one
-    is retried, or failed "node <id> lost" past its retry limit."""
+    is retried, or failed "node <id> lost" past its retry limit, or, when it was asked to stop
+    (cancel --running), canceled: a stop is never undone by the loss of the node that ran it."""
     jobs = find_node_jobs(r, keys, node_id, scope)
     limit = settings.node_loss_retries
-    back = [j for j in jobs if not j.running or may_retry(j.attempts, max(j.retries, limit))]
-    doomed = [j for j in jobs if j not in back]
+    stopping = [j for j in jobs if j.stop_asked]
+    back = [j for j in jobs if not j.running or (not j.stop_asked and may_retry(j.attempts, max(j.retries, limit)))]
+    doomed = [j for j in jobs if j not in back and not j.stop_asked]
     outcome: dict[JobPlace, int] = {}
     for priority in PRIORITIES:
         places = [j.place for j in back if j.priority == priority]
         outcome.update(zip(places, scripts.return_to_ingress(priority, places, at_front=True)))
     endings = [Ending(j.place, Keys.rq_failed(keys.node_queue(node_id)), f"node {node_id} lost") for j in doomed]
-    ended = scripts.end_jobs(endings, status="failed", counter=BatchCounter.FAILED, ttl_s=settings.result_ttl_s)
+    ended = scripts.end_jobs(endings, status="failed", counter=BatchCounter.FAILED, ttl_s=settings.result_ttl_s,
+                             events_max=settings.events_max)
+    stopped = _end_stopped(r, keys, scripts, settings, node_id, stopping)
     returned = [j for j in back if outcome[j.place] == MOVED]
-    dropped = [*outcome.values(), *ended].count(DROPPED)
+    _retried_events(r, keys, settings, node_id, [j for j in returned if j.running])
+    dropped = [*outcome.values(), *ended, *stopped].count(DROPPED)
     if dropped:
         log.warning("job data missing, ids dropped node=%s dropped=%d", node_id, dropped)
     retried = sum(j.running for j in returned)
     return RequeueReport(requeued=len(returned) - retried, retried=retried, failed=ended.count(MOVED),
-                         dropped=dropped)  # fmt: skip
+                         dropped=dropped, stopped=stopped.count(MOVED))  # fmt: skip
+
+
+def _retried_events(r: Redis, keys: Keys, settings: Settings, node_id: str, jobs: list[NodeJob]) -> None:
+    """The job_retried event of each running job handed back from a lost node (written just
+    after the move: return_to_ingress.lua writes no events)."""
+    if not jobs:
+        return
+    with r.pipeline(transaction=False) as p:
+        for j in jobs:
+            add_event(p, keys, settings.events_max, EventKind.JOB_RETRIED, batch=j.place.batch_id, job=j.place.job_id,
+                      node=node_id, attempt=j.attempts, error=f"node {node_id} lost")  # fmt: skip
+        p.execute()
+
+
+def _end_stopped(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str,
+                 jobs: list[NodeJob]) -> list[int]:  # fmt: skip
+    """End running jobs that were asked to stop as canceled (STOP_REASON), and drop their stop
+    requests; MOVED, SKIPPED or DROPPED per job."""
+    if not jobs:
+        return []
+    endings = [Ending(j.place, Keys.rq_canceled(keys.node_queue(node_id)), STOP_REASON) for j in jobs]
+    ended = scripts.end_jobs(endings, status="canceled", counter=BatchCounter.CANCELED, ttl_s=settings.result_ttl_s,
+                             events_max=settings.events_max)
+    r.srem(keys.stop_requests(node_id), *(as_raw(j.place.member) for j in jobs))
+    return ended
 
 
 def recover_node(r: Redis, keys: Keys, scripts: Scripts, settings: Settings, node_id: str) -> RequeueReport:

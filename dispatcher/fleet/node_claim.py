@@ -80,6 +80,16 @@ def worker_prefix(node_id: str, holder: str) -> str:
     return f"{node_id}.{holder}."
 
 
+def worker_pid(worker: str, node_id: str, incarnation: str) -> int | None:
+    """The process id in the rq worker name of one of `incarnation`'s slots (worker_name's
+    "<node>.<incarnation>.<slot>.<pid>.<tail>"), or None for any other name."""
+    prefix = f"{node_id}.{incarnation}."
+    if not worker.startswith(prefix):
+        return None
+    parts = worker[len(prefix) :].split(".")
+    return int(parts[1]) if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() else None
+
+
 @dataclass(frozen=True)
 class ProcessIdentity:
     """Where a process runs, as far as telling from another process whether it is alive."""

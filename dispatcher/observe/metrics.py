@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from redis import Redis
 
 from ..errors import SettingsError
+from ..fleet.tenants import TenantUsage, read_waiting
 from ..routing.models import NodeState
 from ..settings import FORGET_DEAD_AFTER_S
 from ..store.keys import PRIORITIES, Keys
@@ -53,6 +54,7 @@ class FleetView:
     nodes: tuple[NodeState, ...] = ()
     ingress: Mapping[str, int] = field(default_factory=dict)  # priority -> jobs waiting
     gpus: Mapping[str, tuple[GpuFigure, ...]] = field(default_factory=dict)  # node id -> figures
+    tenants: tuple[TenantUsage, ...] = ()
     at: float = float("-inf")  # time.monotonic() of the refresh; -inf: none yet
 
 
@@ -61,11 +63,12 @@ def fleet_families(view: FleetView | None, desired_nodes: int | None) -> Iterato
     if view is None:
         yield from _desired_family(desired_nodes)
         return
-    ingress = GaugeMetricFamily("gpufleet_ingress_jobs", "Jobs waiting in the ingress queue of each priority.",
-                                labels=["priority"])  # fmt: skip
+    ingress = GaugeMetricFamily("gpufleet_ingress_jobs", "Jobs waiting to be routed at each priority (in its "
+                                "ingress queue and its tenants' lanes).", labels=["priority"])  # fmt: skip
     for priority in PRIORITIES:
         ingress.add_metric([priority], view.ingress.get(priority, 0))
     yield ingress
+    yield from _tenant_families(view.tenants)
 
     queued = GaugeMetricFamily("gpufleet_node_queue_jobs",
                                "Jobs routed to a node and waiting in its queue (not running yet).", labels=["node"])
@@ -108,6 +111,24 @@ def fleet_families(view: FleetView | None, desired_nodes: int | None) -> Iterato
     yield from _desired_family(desired_nodes)
 
 
+def _tenant_families(tenants: Sequence[TenantUsage]) -> Iterator[Metric]:
+    waiting = GaugeMetricFamily("gpufleet_tenant_waiting_jobs", "A tenant's jobs waiting in its lanes, not yet "
+                                "taken for routing.", labels=["tenant"])  # fmt: skip
+    flight = GaugeMetricFamily("gpufleet_tenant_in_flight_jobs", "A tenant's jobs taken for routing and not ended "
+                               "(in an ingress, queued on a node, or running): what max_running caps.",
+                               labels=["tenant"])  # fmt: skip
+    weight = GaugeMetricFamily("gpufleet_tenant_weight", "A tenant's share of freed slots.", labels=["tenant"])
+    cap = GaugeMetricFamily("gpufleet_tenant_max_running_jobs", "A tenant's quota of jobs in flight; absent: none.",
+                            labels=["tenant"])  # fmt: skip
+    for t in tenants:
+        waiting.add_metric([t.tenant], t.waiting)
+        flight.add_metric([t.tenant], t.in_flight)
+        weight.add_metric([t.tenant], t.settings.weight)
+        if t.settings.max_running is not None:
+            cap.add_metric([t.tenant], t.settings.max_running)
+    yield from (waiting, flight, weight, cap)
+
+
 def _desired_family(desired_nodes: int | None) -> Iterator[Metric]:
     if desired_nodes is not None:
         yield GaugeMetricFamily("gpufleet_desired_nodes",
@@ -140,14 +161,6 @@ class FleetCollector:
         return list(fleet_families(view, _desired_nodes))
 
 
-def read_ingress_depths(r: Redis, keys: Keys) -> dict[str, int]:
-    """Jobs waiting in each ingress: one pipelined round trip."""
-    with r.pipeline(transaction=False) as p:
-        for priority in PRIORITIES:
-            p.llen(Keys.rq_queue(keys.ingress_queue(priority)))
-        return {priority: int(n) for priority, n in zip(PRIORITIES, p.execute())}
-
-
 class DispatcherMetrics:
     """The dispatcher's metrics, on their own registry (so tests can make several)."""
 
@@ -168,12 +181,14 @@ class DispatcherMetrics:
                                           buckets=DISPATCH_BUCKETS_S, registry=self.registry)  # fmt: skip
 
     def observe_fleet(self, r: Redis, keys: Keys, nodes: Sequence[NodeState]) -> None:
-        """After a snapshot refresh: one extra round trip (ingress depths); per-GPU figures come
-        from the heartbeats the snapshot already read. Nodes out of view (dead too long) are left out."""
+        """After a snapshot refresh: one extra round trip (the jobs waiting, the tenants); per-GPU
+        figures come from the heartbeats the snapshot already read. Nodes out of view (dead too
+        long) are left out."""
         nodes = nodes_in_view(nodes, self.forget_dead_after_s)
-        depths = read_ingress_depths(r, keys)
+        waiting, tenants = read_waiting(r, keys)
+        depths = {priority: w.total for priority, w in waiting.items()}
         gpus = {n.node_id: gpu_figures(n, n.gpus_json) for n in nodes if n.alive}
-        self.fleet.view = FleetView(tuple(nodes), depths, gpus, self._clock())
+        self.fleet.view = FleetView(tuple(nodes), depths, gpus, tuple(tenants), self._clock())
 
     def observe_round(self, node_ids: Iterable[str], seconds: float) -> None:
         """A routing round moved one job to each of `node_ids` (repeats allowed) in `seconds`."""

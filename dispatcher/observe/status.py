@@ -26,6 +26,7 @@ from typing import Any
 from redis import Redis
 
 from ..fleet.snapshot import read_nodes
+from ..fleet.tenants import read_waiting
 from ..routing.models import OPENAI, NodeState
 from ..settings import FORGET_DEAD_AFTER_S
 from ..store.keys import PRIORITIES, Keys
@@ -128,20 +129,19 @@ def gpu_record(g: GpuFigure) -> dict[str, Any]:
 
 def read_status(r: Redis, keys: Keys, *, forget_dead_after_s: float = FORGET_DEAD_AFTER_S,
                 now_s: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Every node in view and every ingress queue (two round trips); `hidden_dead` counts the
-    nodes left out for being dead longer than `forget_dead_after_s`."""
+    """Every node in view, the jobs waiting at each priority (its ingress and its lanes) and
+    every tenant (three round trips); `hidden_dead` counts the nodes left out for being dead
+    longer than `forget_dead_after_s`."""
     every = read_nodes(r, keys, now_s)
     nodes = nodes_in_view(every, forget_dead_after_s)
-    with r.pipeline(transaction=False) as p:
-        for priority in PRIORITIES:
-            p.llen(Keys.rq_queue(keys.ingress_queue(priority)))
-        p.get(keys.desired_nodes)
-        *depths, desired = p.execute()
+    waiting, tenants = read_waiting(r, keys)
+    desired = r.get(keys.desired_nodes)
     states = [node_state_word(n) for n in nodes]
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "namespace": keys.namespace,
-        "ingress": dict(zip(PRIORITIES, depths)),
+        "ingress": {priority: waiting[priority].total for priority in PRIORITIES},
+        "tenants": [t.as_json() for t in tenants],
         "desired_nodes": None if desired is None else int(desired),
         "counts": state_counts(states),
         "hidden_dead": len(every) - len(nodes),

@@ -20,7 +20,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from ..routing.models import PYTHON, JobSpec
-from .keys import JobField, Keys
+from .keys import DEFAULT_TENANT, JobField, Keys
 
 SERIALIZER = JSONSerializer  # JSON on the wire, both sides; never pickle
 
@@ -184,18 +184,21 @@ class QueuedJobHash:
     """The HASH of each of a batch's queued jobs: the fields rq's `Job.create(...).to_dict()`
     writes for a queued job, in rq's formats, with the same `data` bytes, plus gpufleet's.
 
-    What does not change from job to job (origin, description, TTLs, status, batch, priority)
-    is formatted once per (func, priority); per job only `data`, the timeout and the job's own
-    gpufleet fields are. Left out: rq's fields that are empty for a queued job (callbacks,
-    started_at, ended_at, last_heartbeat, worker_name, group_id: `Job.restore` reads each with
-    `.get`), and gpufleet fields at their default (gf_id, gf_needs when the job needs nothing,
-    gf_retries 0, gf_attempts 0: every reader treats a missing gf_ field as its default, and
-    HINCRBY counts from 0).
+    A queued job waits in its batch's lane of its priority (its `origin`) until the dispatcher
+    takes it into the ingress. What does not change from job to job (origin, description, TTLs,
+    status, batch, tenant, priority) is formatted once per (func, priority); per job only
+    `data`, the timeout and the job's own gpufleet fields are. Left out: rq's fields that are
+    empty for a queued job (callbacks, started_at, ended_at, last_heartbeat, worker_name,
+    group_id: `Job.restore` reads each with `.get`), and gpufleet fields at their default
+    (gf_id, gf_needs when the job needs nothing, gf_retries 0, gf_attempts 0: every reader
+    treats a missing gf_ field as its default, and HINCRBY counts from 0).
     """
 
-    def __init__(self, keys: Keys, batch_id: str, result_ttl_s: int, default_timeout_s: int = 180) -> None:
+    def __init__(self, keys: Keys, batch_id: str, result_ttl_s: int, default_timeout_s: int = 180,
+                 tenant: str = DEFAULT_TENANT) -> None:  # fmt: skip
         self._keys = keys
         self._batch_id = batch_id
+        self._tenant = tenant
         self._ttl = str(result_ttl_s)
         self._default_timeout = str(default_timeout_s)
         self._fixed: dict[tuple[str, str], tuple[str, ...]] = {}  # a few funcs x 3 priorities
@@ -220,12 +223,13 @@ class QueuedJobHash:
 
     def _fixed_fields(self, func: str, priority: str) -> tuple[str, ...]:
         fixed = (
-            "origin", self._keys.ingress_queue(priority),
+            "origin", self._keys.lane_queue(priority, self._batch_id),
             "description", func,
             "result_ttl", self._ttl,
             "failure_ttl", self._ttl,
             "status", JobStatus.QUEUED.value,
             JobField.BATCH, self._batch_id,
+            JobField.TENANT, self._tenant,
             JobField.PRIORITY, priority,
         )  # fmt: skip
         self._fixed[(func, priority)] = fixed

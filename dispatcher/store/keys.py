@@ -13,6 +13,7 @@ from dataclasses import dataclass
 RQ_QUEUES = "rq:queues"  # SET of rq queue keys; rq lists only the queues found here
 
 PRIORITIES = ("high", "normal", "low")  # ingress order: high is served first
+DEFAULT_TENANT = "default"  # the tenant of a job submitted without one
 
 # A namespace prefixes every gpufleet key, so it holds neither separator (':' in key names, '.'
 # in queue names), nor '*' (a SORT pattern's wildcard, snapshot.py), nor anything a terminal or a
@@ -29,6 +30,14 @@ def namespace_problem(namespace: str) -> str | None:
     return None
 
 
+def tenant_problem(tenant: str) -> str | None:
+    """Why `tenant` cannot name a tenant, or None when it can (the namespace's rule: it is shown
+    in tables, metrics labels and log lines)."""
+    if not isinstance(tenant, str) or not _NAMESPACE_RE.fullmatch(tenant):
+        return f"tenant {tenant!r} must be 1-64 characters, each a letter, a digit, '_' or '-'"
+    return None
+
+
 class JobField:
     """Fields gpufleet keeps in rq's job HASH beside rq's own (rq ignores unknown fields)."""
 
@@ -36,6 +45,10 @@ class JobField:
     CLIENT_ID = "gf_id"  # the client's own id from the job file ("" when none)
     PRIORITY = "gf_priority"  # high | normal | low: which ingress the job waits in
     NEEDS = "gf_needs"  # what routing must respect (model, affinity, GPU memory): job.needs_field
+    TENANT = "gf_tenant"  # the tenant the job's batch belongs to
+    # the tenant the job is counted under in keys.tenant_flight while it is in flight (taken from
+    # its lane: in an ingress, a node queue or running); absent otherwise
+    FLIGHT = "gf_flight"
     NODE = "gf_node"  # node the job is routed to now ("" while it waits in an ingress)
     ATTEMPTS = "gf_attempts"  # executions started so far
     RETRIES = "gf_retries"  # extra attempts the job may have after a failure
@@ -76,6 +89,23 @@ class Keys:
     def ingress_queue(self, priority: str) -> str:  # rq queue *name* nobody works
         return f"{self.namespace}.ingress.{priority}"
 
+    def lane_queue(self, priority: str, batch_id: str) -> str:
+        # rq queue *name* nobody works: a batch's jobs of one priority not yet taken into the
+        # ingress (their `origin` while there); the dispatcher feeds the ingress from the lanes
+        # by fair share between tenants, and between each tenant's batches
+        return f"{self.namespace}.lane.{priority}.{batch_id}"
+
+    def lanes(self, priority: str) -> str:  # HASH batch id -> tenant: the lanes of `priority` holding jobs
+        return f"{self.namespace}:lanes:{priority}"
+
+    @property
+    def tenants(self) -> str:  # HASH tenant -> its settings as JSON (weight, max_running, max_queued)
+        return f"{self.namespace}:tenants"
+
+    @property
+    def tenant_flight(self) -> str:  # HASH tenant -> jobs in flight (JobField.FLIGHT set on each)
+        return f"{self.namespace}:tenants:flight"
+
     def node_queue(self, node_id: str) -> str:  # rq queue *name* worked by that node only
         return f"{self.namespace}.node.{node_id}"
 
@@ -87,12 +117,26 @@ class Keys:
         # written with the outcome; `results --follow` reads it from where it left off
         return f"{self.namespace}:batch:{batch_id}:ended"
 
-    def batch_info(self, batch_id: str) -> str:  # HASH: size, created_at, func
+    def batch_info(self, batch_id: str) -> str:
+        # HASH: size, created_at, func, the outcome counters (job.BatchCounter); notify_url (submit
+        # --notify) and ended_event (the id of its latest batch_ended event: lua/_batch_ended.lua)
         return f"{self.namespace}:batch:{batch_id}"
 
     @property
     def batches(self) -> str:  # ZSET batch id -> created_at (unix time); Submitter.start_batch adds to it
         return f"{self.namespace}:batches"
+
+    @property
+    def events(self) -> str:
+        # STREAM of job and batch state changes (format: store/events.py), capped at about
+        # Settings.events_max entries; written by the scripts that start and end jobs
+        return f"{self.namespace}:events"
+
+    @property
+    def notifications(self) -> str:
+        # HASH of the notifier (observe/notifier.py): "cursor" -> the last event id it has read;
+        # each batch_ended event id whose batch has a notify URL -> that batch id, until delivered
+        return f"{self.namespace}:notifications"
 
     @property
     def desired_nodes(self) -> str:  # STRING: node count the autoscaler wants (dispatcher/autoscale.py)
@@ -101,8 +145,18 @@ class Keys:
     def drain_flag(self, node_id: str) -> str:  # STRING; present = route nothing there (drain/SIGTERM; see node_claim)
         return f"{self.namespace}:node:{node_id}:drain"
 
-    def ejected(self, node_id: str) -> str:  # STRING with TTL = cool-down; present = node ejected
+    def ejected(self, node_id: str) -> str:
+        # STRING with TTL = cool-down; present = node ejected (failing too often: value its failure
+        # rate; a job of it ran out of CUDA memory: "cuda-oom")
         return f"{self.namespace}:node:{node_id}:ejected"
+
+    def stop_requests(self, node_id: str) -> str:
+        # SET of started-registry members ("job_id:execution_id") asked to stop on the node (`cancel
+        # --running`); its stopper (worker/stopper.py) acts on them, and whatever ends a run removes it
+        return f"{self.namespace}:node:{node_id}:stop"
+
+    def stop_wakeup(self, node_id: str) -> str:  # LIST of <= 1 token: a stop was asked; the node's stopper BLPOPs it
+        return f"{self.namespace}:node:{node_id}:stop:wakeup"
 
     def retry_schedule(self, priority: str) -> str:  # ZSET job id -> unix time its retry is due
         return f"{self.namespace}:retry:{priority}"

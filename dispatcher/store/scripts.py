@@ -21,6 +21,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.utils import now, utcformat
 
+from .events import CURSOR_FIELD, BatchField
 from .job import BatchCounter
 from .keys import RQ_QUEUES, JobField, Keys
 
@@ -33,10 +34,11 @@ def _source(text: str) -> str:
     """A script's source with each library it names ("--@include _name": lua/_name.lua) in
     place of that line: Redis scripts cannot call each other, so code two scripts share (the
     start of a job) lives once, in a library, and is put into each. Lines that are only a
-    comment are left out: the scripts a worker runs in a transaction go as EVAL with their
-    source on every job, and their comments were three quarters of its bytes."""
-    code = _INCLUDE.sub(lambda m: _LUA[m.group(1)], text).splitlines()
-    return "\n".join(line for line in code if line.strip() and not line.lstrip().startswith("--")) + "\n"
+    comment are left out, and so is indentation: the scripts a worker runs in a transaction go
+    as EVAL with their source on every job, and their comments were three quarters of its
+    bytes (redis-py sends a pipeline of over 6,000 bytes in more than one write)."""
+    code = (line.strip() for line in _INCLUDE.sub(lambda m: _LUA[m.group(1)], text).splitlines())
+    return "\n".join(line for line in code if line and not line.startswith("--")) + "\n"
 
 
 _SOURCES = {name: _source(text) for name, text in _LUA.items() if not name.startswith("_")}
@@ -77,21 +79,27 @@ class Taker:
 class StartStamp:
     """What every job one worker starts together shares (see lua/_start_job.lua): the worker,
     the time (as rq formats it) and rq's job monitoring interval, from which each job's
-    heartbeat TTL and registry scores follow, as rq's own start computes them."""
+    heartbeat TTL and registry scores follow, as rq's own start computes them; and where each
+    start's job_started event goes."""
 
     worker: str  # the rq worker name
     at: datetime  # the start (rq.utils.now())
     monitoring_s: int  # rq's Worker.job_monitoring_interval
+    node_id: str
+    events: str  # the event stream (keys.events)
+    events_max: int  # Settings.events_max
 
     def keys(self, node_queue: str) -> list[str]:
         """The keys start_stamp takes: the node queue's started registry, the worker's
-        execution index, the worker."""
-        return [Keys.rq_started(node_queue), Keys.rq_worker_executions(self.worker), Keys.rq_worker(self.worker)]
+        execution index, the worker, the event stream."""
+        return [Keys.rq_started(node_queue), Keys.rq_worker_executions(self.worker), Keys.rq_worker(self.worker),
+                self.events]  # fmt: skip
 
     def args(self) -> list[str]:
-        """ARGV's 8 stamp values, in start_stamp's order."""
+        """ARGV's 11 stamp values, in start_stamp's order."""
         return [self.worker, utcformat(self.at), repr(self.at.timestamp()), str(self.monitoring_s),
-                JobField.ATTEMPTS, JobField.ERROR, Keys.RQ_EXECUTION_PREFIX, Keys.RQ_EXECUTIONS_PREFIX]  # fmt: skip
+                JobField.ATTEMPTS, JobField.ERROR, Keys.RQ_EXECUTION_PREFIX, Keys.RQ_EXECUTIONS_PREFIX,
+                self.node_id, str(self.events_max), JobField.BATCH]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,40 @@ class Finish:
 
 
 @dataclass(frozen=True)
+class Lane:
+    """A batch's jobs of one priority that wait for their tenant's turn (keys.lane_queue)."""
+
+    batch_id: str
+    tenant: str
+
+
+@dataclass(frozen=True)
+class LaneTake:
+    """Up to `count` jobs to take from the head of a lane into its ingress."""
+
+    lane: Lane
+    count: int
+
+
+@dataclass(frozen=True)
+class Fed:
+    """What one feed_ingress took: (taken, left in the lane) per planned take, (lane, taken,
+    left) per other lane it took spare jobs from (left -1: not known, the lane was asked for
+    nothing), and the jobs left in all the lanes (0 when not counted)."""
+
+    planned: Sequence[tuple[int, int]]
+    others: Sequence[tuple[Lane, int, int]]
+    lanes_left: int = 0
+
+    @classmethod
+    def of_reply(cls, reply: Sequence[Any]) -> Fed:
+        planned, others, lanes_left = reply
+        return cls([(int(t), int(n)) for t, n in planned],
+                   [(Lane(read_id(b), read_id(tenant)), int(t), int(n)) for b, tenant, t, n in others],
+                   int(lanes_left))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Ending:
     """A job to end for good, the registry (ZSET) to file it in, and why."""
 
@@ -142,20 +184,22 @@ class FencedWrites:
 
     def __init__(self, r: Redis) -> None:
         self._r = r
-        self._groups: list[tuple[str, Pipeline]] = []
+        self._groups: list[tuple[str, str, Pipeline]] = []
 
-    def group(self, member: str = "") -> Pipeline:
-        """A pipeline collecting the writes that depend on `member` ("": on nothing)."""
+    def group(self, member: str = "", *, counted_batch: str = "") -> Pipeline:
+        """A pipeline collecting the writes that depend on `member` ("": on nothing).
+        `counted_batch`: the batch in whose outcome counters these writes count the job's end,
+        checked for its own end once they are applied."""
         collector = self._r.pipeline(transaction=False)
-        self._groups.append((member, collector))
+        self._groups.append((member, counted_batch, collector))
         return collector
 
     def args(self) -> list[Any]:
         """The groups as apply_fenced's arguments (the collectors are emptied)."""
         flat: list[Any] = []
-        for member, collector in self._groups:
+        for member, counted_batch, collector in self._groups:
             commands = [command for command, _options in collector.command_stack]
-            flat += [member, len(commands)]
+            flat += [member, counted_batch, len(commands)]
             for command in commands:
                 flat += [len(command), *command]
             collector.reset()
@@ -201,29 +245,55 @@ class Scripts:
         return [int(flag) for flag in self._run["move_to_nodes"](keys=keys, args=args)]
 
     def return_to_ingress(self, priority: str, places: Sequence[JobPlace], *, at_front: bool = True,
-                          counter: str = "") -> list[int]:  # fmt: skip
-        """Put jobs back in the ingress of `priority`, in the given order; MOVED, SKIPPED or DROPPED.
-        `counter`: a batch counter to decrement for each (a failed job coming back)."""
+                          counter: str = "", lane: Lane | None = None) -> list[int]:  # fmt: skip
+        """Put jobs back in the ingress of `priority` (in flight again), or with `lane` at the end
+        of that batch's lane (to wait their tenant's turn), in the given order; MOVED, SKIPPED or
+        DROPPED per job. `counter`: a batch counter to decrement for each (a failed job coming back)."""
         if not places:
             return []
-        ingress = self._keys.ingress_queue(priority)
-        keys: list[str | bytes] = [Keys.rq_queue(ingress), RQ_QUEUES]
-        args: list[str | bytes] = [ingress, "1" if at_front else "0", JobField.NODE]
+        dest = self._keys.ingress_queue(priority) if lane is None else self._keys.lane_queue(priority, lane.batch_id)
+        keys: list[str | bytes] = [Keys.rq_queue(dest), RQ_QUEUES, self._keys.tenant_flight, self._keys.lanes(priority)]
+        args: list[str | bytes] = [dest, "1" if at_front else "0", JobField.NODE, JobField.FLIGHT, JobField.TENANT,
+                                   *((lane.batch_id, lane.tenant) if lane else ("", ""))]  # fmt: skip
         for p in places:
             keys += [p.source, as_raw(Keys.rq_job(p.job_id)), self._keys.batch_info(p.batch_id)]
             args += [as_raw(p.job_id), as_raw(p.member or p.job_id), counter]
         return [int(flag) for flag in self._run["return_to_ingress"](keys=keys, args=args)]
 
-    def end_jobs(self, endings: Sequence[Ending], *, status: str, counter: str, ttl_s: int) -> list[int]:
-        """End jobs for good with `status` (failed, canceled); MOVED (ended), SKIPPED or DROPPED per job."""
+    def feed_ingress(self, priority: str, takes: Sequence[LaneTake], budget: int = 0, *, count_left: bool = False,
+                     pipeline: Pipeline | None = None) -> Fed | None:  # fmt: skip
+        """Take jobs from the head of lanes of `priority` onto the tail of its ingress: `takes`
+        in turn, then what they took short of `budget` from the other lanes (see
+        feed_ingress.lua); with
+        `count_left`, count what is left in all its lanes. With a `pipeline`, queued there as
+        EVAL with the source (as take_ended); its reply goes to Fed.of_reply."""
+        ingress = self._keys.ingress_queue(priority)
+        keys = [Keys.rq_queue(ingress), RQ_QUEUES, self._keys.lanes(priority), self._keys.tenant_flight,
+                self._keys.tenants, *(Keys.rq_queue(self._keys.lane_queue(priority, t.lane.batch_id)) for t in takes)]
+        args: list[str | int] = [ingress, JobField.FLIGHT, Keys.rq_job(""),
+                                 Keys.rq_queue(self._keys.lane_queue(priority, "")), budget,
+                                 "1" if count_left else "0"]  # fmt: skip
+        for t in takes:
+            args += [t.lane.batch_id, t.lane.tenant, t.count]
+        if pipeline is not None:
+            pipeline.eval(_SOURCES["feed_ingress"], len(keys), *keys, *args)
+            return None
+        return Fed.of_reply(self._run["feed_ingress"](keys=keys, args=args))
+
+    def end_jobs(self, endings: Sequence[Ending], *, status: str, counter: str, ttl_s: int,
+                 events_max: int) -> list[int]:  # fmt: skip
+        """End jobs for good with `status` (failed, canceled), each with its event (the stream
+        capped at `events_max`); MOVED (ended), SKIPPED or DROPPED per job."""
         if not endings:
             return []
         keys: list[str | bytes] = []
-        args: list[str | bytes] = [status, counter, str(ttl_s), JobField.ERROR, utcformat(now())]
+        args: list[str | bytes] = [status, counter, str(ttl_s), JobField.ERROR, utcformat(now()), JobField.FLIGHT,
+                                   str(events_max)]  # fmt: skip
         for e in endings:
             keys += [e.place.source, as_raw(Keys.rq_job(e.place.job_id)), e.registry,
                      self._keys.batch_info(e.place.batch_id), self._keys.batch_ended(e.place.batch_id)]  # fmt: skip
-            args += [as_raw(e.place.job_id), as_raw(e.place.member or e.place.job_id), e.reason]
+            args += [as_raw(e.place.job_id), as_raw(e.place.member or e.place.job_id), e.reason, e.place.batch_id]
+        keys += [self._keys.tenant_flight, self._keys.events]
         return [int(flag) for flag in self._run["end_jobs"](keys=keys, args=args)]
 
     def take_job(self, taker: Taker, start: TakeStart, pipeline: Pipeline | None = None) -> Any:
@@ -264,27 +334,43 @@ class Scripts:
         args: list[str | bytes] = [as_raw(job_id), execution_id, JobField.ATTEMPTS]
         return bool(self._run["put_back_started"](keys=keys, args=args) == 1)
 
-    def apply_fenced(self, pipeline: Pipeline, node_id: str, writes: FencedWrites) -> None:
+    def request_stop(self, node_id: str, members: Sequence[str], ttl_s: int) -> list[bool]:
+        """Ask `node_id` to stop these runs ("job_id:execution_id"), each only while it is in the
+        node queue's started registry (see request_stop.lua); True for each one asked."""
+        if not members:
+            return []
+        keys = [Keys.rq_started(self._keys.node_queue(node_id)), self._keys.stop_requests(node_id),
+                self._keys.stop_wakeup(node_id)]  # fmt: skip
+        flags = self._run["request_stop"](keys=keys, args=[ttl_s, *(as_raw(m) for m in members)])
+        return [flag == 1 for flag in flags]
+
+    def apply_fenced(self, pipeline: Pipeline, node_id: str, writes: FencedWrites, *, events_max: int) -> None:
         """Queue on `pipeline` the writes, each group only while its member is in the started
         registry of `node_id`'s queue, counting the runs that ended for the dispatcher (see
-        apply_fenced.lua); the reply is 1 (applied) or 0 (late) per group. EVAL with the source,
-        as take_job (it shares a transaction with take_job)."""
-        keys = [Keys.rq_started(self._keys.node_queue(node_id)), self._keys.dispatch_ended]
-        pipeline.eval(_SOURCES["apply_fenced"], len(keys), *keys, node_id, *writes.args())
+        apply_fenced.lua; a batch that ends gets its event, the stream capped at `events_max`);
+        the reply is 1 (applied) or 0 (late) per group. EVAL with the source, as take_job (it
+        shares a transaction with take_job)."""
+        keys = [Keys.rq_started(self._keys.node_queue(node_id)), self._keys.dispatch_ended, self._keys.tenant_flight,
+                self._keys.events]  # fmt: skip
+        pipeline.eval(_SOURCES["apply_fenced"], len(keys), *keys, node_id, Keys.rq_job(""), JobField.FLIGHT,
+                      self._keys.batch_info(""), events_max, *writes.args())  # fmt: skip
 
-    def finish_jobs(self, pipeline: Pipeline, node_id: str, worker: str, finishes: Sequence[Finish]) -> None:
+    def finish_jobs(self, pipeline: Pipeline, node_id: str, worker: str, finishes: Sequence[Finish], *,
+                    events_max: int) -> None:  # fmt: skip
         """Queue on `pipeline` the record of these successes of one run on `node_id` (see
-        finish_jobs.lua); the reply is 1 (recorded) or 0 (late) per job. EVAL with the source,
-        as take_job (they share the recording transaction)."""
+        finish_jobs.lua), with their events (the stream capped at `events_max`); the reply is 1
+        (recorded) or 0 (late) per job. EVAL with the source, as take_job (they share the
+        recording transaction)."""
         queue = self._keys.node_queue(node_id)
         keys = [Keys.rq_started(queue), self._keys.dispatch_ended, Keys.rq_worker(worker),
-                Keys.rq_worker_executions(worker), Keys.rq_finished(queue), self._keys.dispatch_wakeup]  # fmt: skip
+                Keys.rq_worker_executions(worker), Keys.rq_finished(queue), self._keys.dispatch_wakeup,
+                self._keys.tenant_flight, self._keys.events]  # fmt: skip
         args: list[Any] = [node_id, Keys.rq_job(""), Keys.RQ_RESULTS_PREFIX, Keys.RQ_EXECUTION_PREFIX,
-                           Keys.RQ_EXECUTIONS_PREFIX, BatchCounter.FINISHED]  # fmt: skip
+                           Keys.RQ_EXECUTIONS_PREFIX, BatchCounter.FINISHED, JobField.FLIGHT, events_max]  # fmt: skip
         for f in finishes:
             batch = (self._keys.batch_info(f.batch_id), self._keys.batch_ended(f.batch_id)) if f.batch_id else ("", "")
             args += [f.job_id, f.execution_id, f.ended_at, f.ttl, f.finished_score, repr(f.working_s), *batch,
-                     len(f.result)]  # fmt: skip
+                     f.batch_id, len(f.result)]  # fmt: skip
             for field, value in f.result.items():
                 args += [field, value]
         pipeline.eval(_SOURCES["finish_jobs"], len(keys), *keys, *args)
@@ -307,13 +393,29 @@ class Scripts:
         makes redis-py ask SCRIPT EXISTS first, a round trip of its own on every execute."""
         pipeline.eval(_SOURCES["take_ended"], 1, self._keys.dispatch_ended)
 
-    def start_batch(self, batch_id: str, size: int, func: str, created_at: float) -> bool:
-        """Claim `batch_id` with its size, creation time and function, unless a batch of that id
+    def start_batch(self, batch_id: str, size: int, func: str, created_at: float, tenant: str) -> bool:
+        """Claim `batch_id` with its size, creation time, function and tenant, unless a batch of that id
         exists (see start_batch.lua); whether it was claimed. The batch joins keys.batches,
-        which lets `gpufleet top` list it."""
-        keys = [self._keys.batch_info(batch_id), self._keys.batches]
-        args: list[str | int] = [BatchCounter.SIZE, size, repr(created_at), func, batch_id]
+        which lets `gpufleet top` list it, and its batch_submitted event is written."""
+        keys = [self._keys.batch_info(batch_id), self._keys.batches, self._keys.events]
+        args: list[str | int] = [BatchCounter.SIZE, size, repr(created_at), func, batch_id, tenant]
         return bool(self._run["start_batch"](keys=keys, args=args) == 1)
+
+    def set_notify(self, batch_id: str, url: str) -> bool:
+        """Give the batch the URL its summary is POSTed to when it ends, queueing the notification
+        at once when the batch has ended and the notifier has read past its end (see
+        set_notify.lua); False when there is no such batch."""
+        keys = [self._keys.batch_info(batch_id), self._keys.notifications]
+        args = [BatchField.NOTIFY_URL, url, BatchField.ENDED_EVENT, batch_id, CURSOR_FIELD]
+        return bool(self._run["set_notify"](keys=keys, args=args) == 1)
+
+    def note_batch_ends(self, cursor: str, ends: Sequence[tuple[str, str]]) -> int:
+        """The notifier's step: of these (batch_ended event id, batch id), queue a notification
+        for each batch with a notify URL, and move its cursor to `cursor`, in one step (see
+        note_batch_ends.lua); how many were queued."""
+        keys = [self._keys.notifications, *(self._keys.batch_info(batch_id) for _, batch_id in ends)]
+        args = [CURSOR_FIELD, cursor, BatchField.NOTIFY_URL, *(item for end in ends for item in end)]
+        return int(self._run["note_batch_ends"](keys=keys, args=args))
 
     def claim_node(self, alive: str, token: str, ttl_ms: int, expected: str = "") -> tuple[bool, str | None]:
         """Claim a node id for incarnation `token` (see claim_node.lua): (claimed, current holder)."""

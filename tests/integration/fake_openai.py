@@ -3,13 +3,16 @@ answers, a server that goes away), which the real servers in tests/openai_server
 made to produce on demand. Test code only: the standard library's ThreadingHTTPServer.
 
 A request's body says how to answer: {"model": ..., "answer": "ok" | "429-once" | "500" |
-"400" | "slow", "id": any}. It counts the requests in flight (the most seen at once) and serves
+"400" | "slow" | "hang", "id": any} ("hang": no answer until the client goes away, which it
+counts in `abandoned`). It counts the requests in flight (the most seen at once) and serves
 /v1/models and a Prometheus /metrics with vLLM's names.
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -27,6 +30,7 @@ class FakeOpenAI:
         self.lock = threading.Lock()
         self.in_flight = self.most_in_flight = 0
         self.seen: Counter[str] = Counter()  # requests per "id", every attempt counted
+        self.abandoned: Counter[str] = Counter()  # "hang" requests per "id" whose client closed the connection
         self.down = False  # answer 503 to everything (a server restarting)
         self.waiting, self.kv_cache_usage = 3, 0.42  # what /metrics reports
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -62,6 +66,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _client_gone_within(self, seconds: float) -> bool:
+        """Whether the client closes its connection within `seconds` (the request was read whole,
+        so the socket turns readable only at its end)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.connection], [], [], min(left, 0.05))[0]:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+        return False
+
     def do_GET(self) -> None:
         fake = self.fake
         if fake.down:
@@ -86,6 +99,10 @@ class _Handler(BaseHTTPRequestHandler):
             fake.most_in_flight = max(fake.most_in_flight, fake.in_flight)
         try:
             answer = body.get("answer", "ok")
+            if answer == "hang" and self._client_gone_within(fake.slow_s):
+                with fake.lock:
+                    fake.abandoned[key] += 1
+                return None
             time.sleep(fake.slow_s if answer == "slow" else fake.answer_s)
             if fake.down:
                 return self._send(503, {"error": {"message": "restarting", "type": "server_error"}})

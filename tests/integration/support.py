@@ -40,9 +40,9 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, poll_s: 
     return value
 
 
-def gpufleet(url: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would."""
-    return subprocess.run([*GPUFLEET, "--redis-url", url, "--namespace", namespace, *args],
+def gpufleet(url: str, namespace: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would (`input`: its stdin)."""
+    return subprocess.run([*GPUFLEET, "--redis-url", url, "--namespace", namespace, *args], input=input,
                           capture_output=True, text=True, timeout=60, env={**os.environ, **FAST_ENV})  # fmt: skip
 
 

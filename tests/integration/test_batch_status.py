@@ -21,6 +21,7 @@ from gpufleet.dispatcher.store.job import SERIALIZER, job_class
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.dispatcher.store.scripts import Scripts
+from tests.conftest import into_ingress
 
 from .support import gpufleet
 
@@ -43,6 +44,7 @@ def test_finished_and_canceled_jobs_move_the_counts_and_give_an_eta(r: redis.Red
     """Given 10 jobs, if 3 are routed to node n1 and worked there and 2 more are canceled,
     expect 5 queued, 3 finished, 2 canceled and a finite ETA."""
     ids = submit(r, settings, 10, "b")
+    into_ingress(r, KEYS)
     Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1") for job_id in ids[:3]])
     cls = job_class(KEYS, ("gpufleet.worker.tasks",))
     queue = Queue(KEYS.node_queue("n1"), connection=r, serializer=SERIALIZER, job_class=cls)

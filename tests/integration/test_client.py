@@ -17,6 +17,7 @@ import pytest
 
 from gpufleet import Batch, BatchTimeout, Client, GpufleetError, JobFailed, JobSpec
 from gpufleet.dispatcher.errors import JobFileError
+from gpufleet.dispatcher.fleet.tenants import read_waiting_counts
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
 from gpufleet.worker.fleet import LocalFleet, SimNode
@@ -203,8 +204,8 @@ def test_a_client_from_the_environment(fleet: LocalFleet, monkeypatch: pytest.Mo
     with Client() as c:
         assert (c.settings.redis_url, c.settings.namespace) == (fleet.redis_url, "fromenv")
         batch = c.submit(ECHO, [1])
-        assert c.redis.llen(Keys.rq_queue(Keys("fromenv").ingress_queue("normal"))) == 1
+        assert read_waiting_counts(c.redis, Keys("fromenv"))["normal"].total == 1
         assert c.batch(batch.id).size == 1
     with Client(namespace=NS) as c:
         assert (c.settings.redis_url, c.settings.namespace) == (fleet.redis_url, NS)
-        assert c.redis.llen(Keys.rq_queue(KEYS.ingress_queue("normal"))) == 0
+        assert read_waiting_counts(c.redis, KEYS)["normal"].total == 0

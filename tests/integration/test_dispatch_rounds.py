@@ -43,7 +43,7 @@ def test_a_freed_slot_is_filled_at_once_without_an_extra_health_pass(r: redis.Re
     writes = FencedWrites(r)
     writes.group(member).zrem(Keys.rq_started(node_queue), member)
     with r.pipeline() as p:
-        Scripts(r, keys).apply_fenced(p, "n1", writes)  # ... which counts the end for the dispatcher
+        Scripts(r, keys).apply_fenced(p, "n1", writes, events_max=settings.events_max)  # ... which counts the end
         wake_dispatcher(p, keys)  # ... and wakes it
         p.execute()
     assert d.dispatch_once().moved == 1  # the same instant: the freed slot is seen at once

@@ -21,6 +21,7 @@ from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.scripts import Scripts
 from gpufleet.worker import context
 from gpufleet.worker.node_worker import NodeWorker
+from tests.conftest import into_ingress
 
 from .test_take_next import NODE, node_worker
 
@@ -30,6 +31,7 @@ TASKS = ("gpufleet.worker.tasks", "tests.integration.tasks")
 def routed_to(r: redis.Redis, settings: Settings, node_id: str) -> list[str]:
     """Move what waits in the normal ingress to `node_id`'s queue; the ids moved."""
     keys = Keys(settings.namespace)
+    into_ingress(r, keys)
     ingress = keys.ingress_queue("normal")
     ids = [i.decode() for i in r.lrange(Keys.rq_queue(ingress), 0, -1)]
     Scripts(r, keys).move_to_nodes(ingress, [(job_id, node_id) for job_id in ids])

@@ -11,6 +11,7 @@ import redis
 
 from gpufleet.dispatcher.client.results import read_progress
 from gpufleet.dispatcher.client.submit import Submitter
+from gpufleet.dispatcher.fleet.tenants import read_waiting_counts
 from gpufleet.dispatcher.routing.models import JobSpec
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import RQ_QUEUES, Keys
@@ -72,4 +73,5 @@ def test_a_killed_node_gives_its_jobs_back_and_leaves_no_key(fleet: LocalFleet) 
 
     out = gpufleet(fleet.redis_url, NS, "requeue", "--failed", "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == {"requeued": 1}, out.stderr
-    assert r.llen(Keys.rq_queue(KEYS.ingress_queue("normal"))) == 4  # the three, and the failed one again
+    assert r.llen(Keys.rq_queue(KEYS.ingress_queue("normal"))) == 3  # the three, in flight still
+    assert read_waiting_counts(r, KEYS)["normal"].lanes == {"default": 1}  # the failed one waits its turn again

@@ -11,6 +11,7 @@ from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.job import SERIALIZER
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.scripts import Scripts
+from tests.conftest import into_ingress
 
 from .test_take_next import NODE, node_worker
 
@@ -27,6 +28,7 @@ def test_like_jobs_join_the_first_past_the_unlike_ones_which_keep_their_order(
     funcs = [BATCHED, PLAIN, BATCHED, *[PLAIN] * 8, BATCHED]  # all within the look of 4 x max_size
     keys = Keys(settings.namespace)
     Submitter(r, settings).submit([JobSpec(f, {"cost": 0}) for f in funcs])
+    into_ingress(r, keys)
     ingress = keys.ingress_queue("normal")
     ids = [i.decode() for i in r.lrange(Keys.rq_queue(ingress), 0, -1)]
     Scripts(r, keys).move_to_nodes(ingress, [(job_id, NODE) for job_id in ids])

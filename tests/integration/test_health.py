@@ -16,7 +16,7 @@ from gpufleet.dispatcher.store.scripts import Scripts
 from gpufleet.worker.gpu import Reading
 from gpufleet.worker.heartbeat import NodeInfo, heartbeat_fields
 from gpufleet.worker.stats import StatsView
-from tests.conftest import write_heartbeat
+from tests.conftest import into_ingress, write_heartbeat
 
 KEYS = Keys()
 
@@ -43,6 +43,7 @@ def place_on_node(r: redis.Redis, node_id: str, job_ids: list[str], running: dic
 
 def test_a_dead_node_returns_running_then_queued_jobs_to_the_front_in_order(r: redis.Redis, settings: Settings) -> None:
     receipt = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(6)])
+    into_ingress(r, KEYS)
     j0, j1, j2, j3, w1, w2 = ingress(r)  # w1, w2 stay in the ingress throughout
     beat(r, "a")
     place_on_node(r, "a", [j1, j2, j3], running={j0: 1})
@@ -57,6 +58,7 @@ def test_a_dead_node_returns_running_then_queued_jobs_to_the_front_in_order(r: r
 
 def test_a_running_job_past_its_retry_limit_fails_with_node_lost(r: redis.Redis, settings: Settings) -> None:
     receipt = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", "x")])
+    into_ingress(r, KEYS)
     [job] = ingress(r)
     beat(r, "b")
     place_on_node(r, "b", [], running={job: settings.node_loss_retries + 1})
@@ -72,6 +74,7 @@ def test_a_running_job_past_its_retry_limit_fails_with_node_lost(r: redis.Redis,
 
 def test_a_node_failing_its_jobs_is_ejected_and_its_queue_handed_back(r: redis.Redis, settings: Settings) -> None:
     Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(2)])
+    into_ingress(r, KEYS)
     queued = ingress(r)
     health = Health(r, KEYS, Scripts(r, KEYS), settings)
     beat(r, "c")

@@ -20,6 +20,7 @@ from gpufleet.dispatcher.client.submit import submit_file
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer
+from tests.conftest import into_ingress
 
 KEYS = Keys()
 INPUTS = [{"i": 1, "text": "\u00e9t\u00e9 \u2603"}, [1, 2.5, None], "plain", None]
@@ -29,6 +30,7 @@ def submit(r: redis.Redis, tmp_path: Path, batch_id: str = "compat") -> list[str
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps({"input": x, "timeout": 60}) + "\n" for x in INPUTS))
     submit_file(r, Settings(), str(path), default_func="gpufleet.worker.tasks:echo", batch_id=batch_id)
+    into_ingress(r, KEYS)  # as the dispatcher takes them: from here on they are jobs of the ingress queue
     return [i.decode() for i in r.lrange(KEYS.batch_jobs(batch_id), 0, -1)]
 
 

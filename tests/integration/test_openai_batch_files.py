@@ -40,7 +40,7 @@ from gpufleet.dispatcher.store.redis_server import RedisServer
 
 KEYS = Keys()
 NODE_QUEUE = KEYS.node_queue("a")
-INGRESS = Keys.rq_queue(KEYS.ingress_queue("normal"))
+INGRESS = Keys.rq_queue(KEYS.lane_queue("normal", "b"))  # where batch b's jobs wait (no dispatcher runs here)
 
 
 def line(i: int, model: str = "llama-3-8b") -> dict[str, Any]:
@@ -130,7 +130,7 @@ def test_an_openai_file_becomes_forwarded_jobs(r: redis.Redis, settings: Setting
     assert func == "gpufleet.worker.forwarder.forward" and request == expected
     with Client(settings=settings) as client:
         batch = client.submit_file(path, retries=1, priority="high", batch="via-api")
-        assert batch.size == 3 and r.llen(Keys.rq_queue(KEYS.ingress_queue("high"))) == 3
+        assert batch.size == 3 and r.llen(Keys.rq_queue(KEYS.lane_queue("high", "via-api"))) == 3
         assert r.hget(Keys.rq_job(job_ids(r, "via-api")[0]), JobField.RETRIES) == b"1"
 
 

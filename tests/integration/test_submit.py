@@ -30,8 +30,10 @@ def test_a_file_is_enqueued_in_order_across_priorities(r: redis.Redis, tmp_path:
                                              for i in range(2500)])  # fmt: skip
     receipt = submit_file(r, Settings(submit_chunk=700), path, default_func="gpufleet.worker.tasks:echo", batch_id="b1")
     assert (receipt.batch_id, receipt.count) == ("b1", 2500)
-    assert r.llen(Keys.rq_queue(KEYS.ingress_queue("high"))) == 834
-    assert r.llen(Keys.rq_queue(KEYS.ingress_queue("normal"))) == 1666
+    assert r.llen(Keys.rq_queue(KEYS.lane_queue("high", "b1"))) == 834  # the batch's lanes, one per priority
+    assert r.llen(Keys.rq_queue(KEYS.lane_queue("normal", "b1"))) == 1666
+    assert {p: r.hgetall(KEYS.lanes(p)) for p in ("high", "normal")} == {"high": {b"b1": b"default"},
+                                                                          "normal": {b"b1": b"default"}}  # fmt: skip
     records = list(iter_results(r, KEYS, "b1"))
     assert [rec["id"] for rec in records] == [f"c{i}" for i in range(2500)]
     assert {rec["status"] for rec in records} == {"queued"} and records[0]["enqueued_at"].endswith("Z")

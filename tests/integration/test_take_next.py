@@ -19,6 +19,7 @@ from gpufleet.dispatcher.store.keys import JobField, Keys
 from gpufleet.dispatcher.store.scripts import Scripts, Taker, TakeStart
 from gpufleet.worker.node_worker import NodeWorker
 from gpufleet.worker.stats import NodeStats
+from tests.conftest import into_ingress
 
 NODE = "n1"
 
@@ -26,6 +27,7 @@ NODE = "n1"
 def jobs_on_node(r: redis.Redis, settings: Settings, count: int) -> list[str]:
     keys = Keys(settings.namespace)
     Submitter(r, settings).submit([JobSpec("gpufleet.worker.tasks:echo", i) for i in range(count)])
+    into_ingress(r, keys)
     ingress = keys.ingress_queue("normal")
     ids = [i.decode() for i in r.lrange(Keys.rq_queue(ingress), 0, -1)]
     Scripts(r, keys).move_to_nodes(ingress, [(job_id, NODE) for job_id in ids])

@@ -55,7 +55,7 @@ def test_every_nonempty_rq_field_matches_to_dict_and_the_empty_ones_are_left_out
     [job_id] = new_job_ids(1)
     key, fields = as_hash(QueuedJobHash(KEYS, "b1", 3600).build(job_id, spec, utcformat(stamp)))
     rq_fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode()
-                 for k, v in rq_to_dict(spec, job_id, KEYS.ingress_queue("high"), stamp).items()}  # fmt: skip
+                 for k, v in rq_to_dict(spec, job_id, KEYS.lane_queue("high", "b1"), stamp).items()}  # fmt: skip
     rq_nonempty = {k: v for k, v in rq_fields.items() if v}
     assert key == Keys.rq_job(job_id) == Job.key_for(job_id)
     assert {k: v for k, v in fields.items() if not k.startswith(b"gf_")} == {**rq_nonempty, b"status": b"queued"}
@@ -63,7 +63,8 @@ def test_every_nonempty_rq_field_matches_to_dict_and_the_empty_ones_are_left_out
         b"success_callback_name", b"failure_callback_name", b"stopped_callback_name",
         b"started_at", b"ended_at", b"last_heartbeat", b"worker_name", b"group_id",
     }  # fmt: skip
-    assert {k: v for k, v in fields.items() if k.startswith(b"gf_")} == {b"gf_batch": b"b1", b"gf_priority": b"high"}
+    assert {k: v for k, v in fields.items() if k.startswith(b"gf_")} == {b"gf_batch": b"b1", b"gf_priority": b"high",
+                                                                         b"gf_tenant": b"default"}  # fmt: skip
 
 
 def test_rq_and_fleetjob_restore_it_as_the_job_that_was_asked_for() -> None:
@@ -78,14 +79,14 @@ def test_rq_and_fleetjob_restore_it_as_the_job_that_was_asked_for() -> None:
         assert ((job.func_name, job.args, job.kwargs, job.instance)
                 == ("gpufleet.worker.tasks.echo", [{"x": [1, 2]}], {}, None))  # fmt: skip
         assert ((job.origin, job.get_status(refresh=False), job.description)
-                == ("ns.ingress.low", JobStatus.QUEUED, "gpufleet.worker.tasks:echo"))  # fmt: skip
+                == ("ns.lane.low.b2", JobStatus.QUEUED, "gpufleet.worker.tasks:echo"))  # fmt: skip
         assert (job.timeout, job.result_ttl, job.failure_ttl) == (45, 600, 600)
         assert job.enqueued_at == job.created_at == stamp.replace(tzinfo=job.enqueued_at.tzinfo)
         assert job.started_at is None and job.ended_at is None and job.worker_name is None and job.meta == {}
     fleet = job.fleet  # type: ignore[attr-defined]
     assert fleet == {JobField.BATCH: "b2", JobField.PRIORITY: "low", JobField.CLIENT_ID: "c7",
                      JobField.NEEDS: '{"model":"m","affinity":"s1","gpu_mem_gib":1.5}',
-                     JobField.RETRIES: "2"}  # fmt: skip
+                     JobField.RETRIES: "2", JobField.TENANT: "default"}  # fmt: skip
     assert (job.model, needs_spec(fleet[JobField.NEEDS]).gpu_mem_gib) == ("m", 1.5)  # type: ignore[attr-defined]
 
 

@@ -11,6 +11,10 @@ several in one transaction when they come together.
 Redis calls are made from the event loop's thread: each is a round trip of well under a
 millisecond, and the loop waits for Redis only between requests' I/O. Waiting for work when
 nothing is in flight happens in a thread (BLPOP on the node's wake-up list).
+
+A request asked to stop (cancel --running, rq's stop-execution command from the node's stopper)
+is abandoned: its task is canceled on the event loop, which closes its connection (servers such
+as vLLM abort a request whose client went away), and its job ends canceled.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from rq.utils import now
 from gpufleet.dispatcher.fleet.node_claim import stop_mark
 from gpufleet.dispatcher.store.connection import REDIS_DOWN
 
-from ..job_run import Outcome, record_outcomes, undecodable
+from ..job_run import STOPPED, Outcome, record_outcomes, undecodable
 from ..node_worker import NodeWorker
 from .exchange import send
 from .server import OpenAIServer
@@ -51,6 +55,8 @@ class ForwarderWorker(NodeWorker):
         super().__init__(*args, **kwargs)
         self.server = server
         self.concurrency = concurrency
+        self._loop: asyncio.AbstractEventLoop | None = None  # the forwarding loop, while it runs
+        self._in_flight: dict[str, asyncio.Task[Outcome]] = {}  # execution id -> its request's task
 
     def work(self, burst: bool = False, logging_level: str = "WARNING", **_: Any) -> bool:
         """rq's start and goodbye around the forwarding loop; returns once stopped (or, with
@@ -64,6 +70,7 @@ class ForwarderWorker(NodeWorker):
         except REDIS_DOWN as e:
             self.redis_lost = e
         finally:
+            self._loop = None
             self.teardown()
         return True
 
@@ -81,7 +88,16 @@ class ForwarderWorker(NodeWorker):
         signal.signal(signal.SIGINT, self.request_force_stop)
         signal.signal(signal.SIGTERM, self.request_force_stop)
 
+    def request_stop_execution(self, execution_id: str) -> None:
+        """rq's stop-execution command, in rq's command thread: abandon that run's request."""
+        loop, task = self._loop, self._in_flight.get(execution_id)
+        if loop is not None and task is not None:
+            log.info("abandoning a request on request node=%s execution=%s", self.node_id, execution_id)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the request is over anyway
+                loop.call_soon_threadsafe(task.cancel)
+
     async def _forward(self, burst: bool) -> None:
+        self._loop = asyncio.get_running_loop()
         slots = list(range(self.concurrency))  # free request slots, for the node's busy-time counters
         running: dict[asyncio.Task[Outcome], tuple[Job, Execution, int, float]] = {}
         async with contextlib.AsyncExitStack() as stack:
@@ -96,6 +112,7 @@ class ForwarderWorker(NodeWorker):
                         timeout = min(float(job.timeout or "inf"), self.server.request_timeout_s)
                         task = asyncio.create_task(send(clients[slot // POOL_SIZE], job.args[0], timeout))
                         running[task] = (job, execution, slot, time.perf_counter())
+                        self._in_flight[execution.id] = task
                         taken += 1
                 if not running:
                     if self.stop_requested or burst:
@@ -137,8 +154,12 @@ class ForwarderWorker(NodeWorker):
         """The responses that came back, recorded together; their slots freed."""
         jobs, executions, outcomes = [], [], []
         for task, job, execution, slot, started in done:
-            outcome = task.result()
-            self.stats.job_ended(time.perf_counter() - started, outcome.ok, slot)
+            self._in_flight.pop(execution.id, None)
+            outcome = STOPPED if task.cancelled() else task.result()
+            if outcome.stopped:
+                self.stats.jobs_stopped(slot)
+            else:
+                self.stats.job_ended(time.perf_counter() - started, outcome.ok, slot)
             slots.append(slot)
             jobs.append(job)
             executions.append(execution)

@@ -1,7 +1,7 @@
--- finish_jobs(keys=[started, ended, worker, worker_executions, finished, dispatch_wakeup],
+-- finish_jobs(keys=[started, ended, worker, worker_executions, finished, dispatch_wakeup, flight, events],
 --             args=[node_id, job_key_prefix, results_prefix, execution_prefix, executions_prefix,
---                   finished_field, then per job: job_id, execution_id, ended_at, ttl, finished_score, working_s,
---                   batch_info, batch_ended, n_fields, field_1, value_1, ...])
+--                   finished_field, flight_field, events_max, then per job: job_id, execution_id, ended_at, ttl,
+--                   finished_score, working_s, batch_info, batch_ended, batch_id, n_fields, field_1, value_1, ...])
 -- A worker records the successes of one run in one step: for each job, only while its
 -- execution is still current (its member "job_id:execution_id" in the node queue's started
 -- registry: nobody handed the job back meanwhile), what rq's own success path leaves behind
@@ -10,22 +10,27 @@
 -- Result.serialize made, XADD with MAXLEN ~ 10, the stream and the job expiring after `ttl`:
 -- "" none, -1 never), the finished registry (`finished_score`, "" when rq would not add it),
 -- successful_job_count and total_working_time, gpufleet's batch counter (`finished_field`)
--- and ended list.
+-- and ended list; the job leaves its tenant's jobs in flight (_flight); its job_finished event,
+-- and its batch's batch_ended when it was the batch's last job (_batch_ended).
 -- Late or not, the execution is cleaned up as rq's cleanup_execution does (its HASH, its
 -- registry entries, the worker's index). The runs that ended are counted for the dispatcher
 -- (the `ended` HASH, keys.dispatch_ended), which is woken, and the worker is idle again.
 -- What apply_fenced does for rq's own writes, without shipping them command by command: this
 -- is the path every job that succeeds takes. Returns 1 (recorded) or 0 (late) per job.
-local started, ended_counts, worker, worker_executions, finished, wakeup = unpack(KEYS)
-local node_id, job_prefix, results_prefix, execution_prefix, executions_prefix, finished_field = unpack(ARGV, 1, 6)
+--@include _flight
+--@include _events
+--@include _batch_ended
+local started, ended_counts, worker, worker_executions, finished, wakeup, flight, events = unpack(KEYS)
+local node_id, job_prefix, results_prefix, execution_prefix, executions_prefix, finished_field, flight_field,
+    events_max = unpack(ARGV, 1, 8)
 local flags = {}
 local ended = 0
-local i = 7
+local i = 9
 while i <= #ARGV do
-    local job_id, execution_id, ended_at, ttl, finished_score, working_s, batch_info, batch_ended =
-        unpack(ARGV, i, i + 7)
-    local n_fields = tonumber(ARGV[i + 8])
-    local fields_at = i + 9
+    local job_id, execution_id, ended_at, ttl, finished_score, working_s, batch_info, batch_ended, batch_id =
+        unpack(ARGV, i, i + 8)
+    local n_fields = tonumber(ARGV[i + 9])
+    local fields_at = i + 10
     i = fields_at + 2 * n_fields
     local member = job_id .. ":" .. execution_id
     local current = redis.call("ZSCORE", started, member) ~= false
@@ -44,11 +49,14 @@ while i <= #ARGV do
         if ttl ~= "" and tonumber(ttl) > 0 then
             redis.call("EXPIRE", job, ttl)
         end
+        leave_flight(flight, job, flight_field)
         redis.call("HINCRBY", worker, "successful_job_count", 1)
         redis.call("HINCRBYFLOAT", worker, "total_working_time", working_s)
+        event(events, events_max, "event", "job_finished", "batch", batch_id, "job", job_id, "node", node_id)
         if batch_info ~= "" then
             redis.call("HINCRBY", batch_info, finished_field, 1)
             redis.call("RPUSH", batch_ended, job_id)
+            counted(events, events_max, batch_info, batch_id)
         end
         ended = ended + 1
     end

@@ -1,5 +1,5 @@
--- take_job(keys=[queue, alive, wakeup, started, worker_executions, worker],
---          args=[job_key_prefix, token, <stamp: 8 values>, execution_id_1, execution_id_2, ...])
+-- take_job(keys=[queue, alive, wakeup, started, worker_executions, worker, events],
+--          args=[job_key_prefix, token, <stamp: 11 values>, execution_id_1, execution_id_2, ...])
 -- A worker takes jobs from the head of its node queue, as many as it brings execution ids,
 -- and starts them in the same step (start_job: what rq's own start writes, the i-th job taken
 -- with execution_id_i), each returned with its HASH (job_key_prefix .. id, rq's key) as it was
@@ -15,6 +15,7 @@
 -- Returns {{job_id, {field, value, ...}}, ...} in queue order ({job_id, {}} for a dropped id;
 -- {} when there is nothing to take: the queue is empty, or the key has expired), or nil when
 -- another process holds the node.
+--@include _events
 --@include _start_job
 local holder = redis.call("GET", KEYS[2])
 if holder ~= ARGV[2] then
@@ -23,9 +24,9 @@ if holder ~= ARGV[2] then
     end
     return {}
 end
-local stamp = start_stamp(3, KEYS[4], KEYS[5], KEYS[6])
+local stamp = start_stamp(3, KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 local taken = {}
-for i = 1, #ARGV - 10 do
+for i = 1, #ARGV - 13 do
     local job_id = redis.call("LPOP", KEYS[1])
     if not job_id then
         break
@@ -33,13 +34,15 @@ for i = 1, #ARGV - 10 do
     local job = ARGV[1] .. job_id
     local fields = redis.call("HGETALL", job)
     if #fields > 0 then
-        local timeout = nil
+        local timeout, batch = nil, nil
         for f = 1, #fields, 2 do
             if fields[f] == "timeout" then
                 timeout = fields[f + 1]
+            elseif fields[f] == stamp.batch_field then
+                batch = fields[f + 1]
             end
         end
-        start_job(job_id, ARGV[10 + i], job, timeout, stamp)
+        start_job(job_id, ARGV[13 + i], job, timeout, batch, stamp)
     end
     taken[#taken + 1] = {job_id, fields}
 end
