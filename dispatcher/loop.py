@@ -257,7 +257,7 @@ class Dispatcher:
             taken = [(take.lane, n, left) for take, (n, left) in zip(plan.get(priority, ()), fed[priority].planned)]
             for lane, n, left in [*taken, *fed[priority].others]:
                 charged[lane.batch_id], of[lane.batch_id] = charged.get(lane.batch_id, 0) + n, lane.tenant
-                if left >= 0:  # -1: it was asked for nothing, so how many are left is not known
+                if left >= 0:  # -1: it gave all that was asked, so how many are left is not known
                     depths[lane.batch_id] = left
             self.fair.charge({**lanes[priority], **of}, charged, weights)
             known = {b: n for b, n in depths.items() if b in lanes[priority]}

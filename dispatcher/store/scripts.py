@@ -153,8 +153,8 @@ class LaneTake:
 @dataclass(frozen=True)
 class Fed:
     """What one feed_ingress took: (taken, left in the lane) per planned take, (lane, taken,
-    left) per other lane it took spare jobs from (left -1: not known, the lane was asked for
-    nothing), and the jobs left in all the lanes (0 when not counted)."""
+    left) per other lane it took spare jobs from (left: 0 for a lane found empty, -1 when not
+    known), and the jobs left in all the lanes (0 when not counted)."""
 
     planned: Sequence[tuple[int, int]]
     others: Sequence[tuple[Lane, int, int]]

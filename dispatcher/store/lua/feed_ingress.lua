@@ -13,7 +13,9 @@
 -- leaves its lane and goes nowhere (no stray HASH is made).
 -- Returns {{taken, left in the lane} per planned lane, {batch, tenant, taken, left} per other
 -- lane, the jobs left in all the lanes (counted only when count_left is "1", else 0)}; `left`
--- is -1 (not known) for a lane asked for nothing (its tenant is at its quota).
+-- is 0 for a lane found empty, -1 (not known) for one that gave all that was asked. A planned
+-- lane found empty gives its share of `budget` to the other lanes, so a plan made before a
+-- lane ran dry costs the round nothing.
 local ingress, rq_queues, lanes, flight, tenants = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ingress_name, flight_field, job_prefix, lane_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local spare, count_left = tonumber(ARGV[5]), ARGV[6] == "1"  -- spare: the budget, less what planned lanes take
@@ -68,12 +70,10 @@ local function take(lane, batch, tenant, n)
     if r then
         room_of[tenant] = r - entered
     end
-    local left = -1  -- unknown: nothing was asked
-    if n > 0 then
-        left = read < n and 0 or redis.call("LLEN", lane)
-        if left == 0 then
-            redis.call("HDEL", lanes, batch)
-        end
+    local left = -1  -- not known: the lane gave all that was asked (or nothing was asked)
+    if n > 0 and read < n then
+        left = 0
+        redis.call("HDEL", lanes, batch)
     end
     return taken, left
 end
