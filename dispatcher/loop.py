@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -37,7 +37,7 @@ from .settings import Settings
 from .store.connection import REDIS_DOWN
 from .store.job import needs_spec
 from .store.keys import PRIORITIES, JobField, Keys
-from .store.scripts import DROPPED, MOVED, Fed, Lane, LaneTake, Scripts, read_id
+from .store.scripts import DROPPED, MOVED, Fed, Feed, FeedReply, Lane, LaneTake, Scripts, read_id
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,9 @@ class Dispatcher:
                 room -= len(moves)  # each placement took one free slot of a bounded node
         self._left = left
         self._plan_feed(left)
-        drained = not waiting and all(len(jobs) < count for jobs in heads) and not self._plan
+        room = self.router.free_room(self._nodes)
+        planned = bool(self._plan) and room != 0  # with no room left the plan waits for the next round with some
+        drained = not waiting and all(len(jobs) < count for jobs in heads) and not planned
         return self._finish(began, fresh, started, moved_to, Round(moved, waiting, drained=drained))
 
     def _plan_feed(self, left: dict[str, int]) -> None:
@@ -208,49 +210,42 @@ class Dispatcher:
                     ) -> tuple[list[list[tuple[str, JobSpec]]], int]:  # fmt: skip
         """The first `count` job ids of each ingress with what routing needs of each job, and
         with `depths` how many jobs wait in all, ingresses and lanes (else 0), in one round
-        trip. In it, first (with `take_ended`) the runs that ended since are taken off, and each
-        ingress is fed from its lanes (the last round's plan, and what is left of `count` from
-        lanes it did not know); after the heads, each ingress's length, the lanes, the tenants'
-        settings and their jobs in flight are read for the next plan. The heads are read with
-        per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET rq:job:*->gf_needs`,
+        trip. In it, first (with `take_ended`) the runs that ended since are taken off, then one
+        script feeds every ingress from its lanes (the last round's plan, and what is left of
+        `count` from lanes the plan did not know) and returns what the next plan needs (see
+        feed_ingress.lua). The heads are then read with
         per ingress one `SORT <list> BY nosort LIMIT 0 count GET # GET rq:job:*->gf_needs`,
         which reads a list range in order and each id's needs (nil when it has none) in one
         command, instead of LRANGE + one HMGET per job. (SORT's GET patterns reach keys the
         command does not name, as a script with built keys would: fine on one Redis, refused
         by Redis Cluster, which gpufleet does not use.)"""
         plan, self._plan = self._plan, {}
+        feeds = [Feed(priority, plan.get(priority, []), max(0, count - self._left.get(priority, 0)))
+                 for priority in PRIORITIES]  # fmt: skip
         with self._r.pipeline(transaction=False) as p:
             if take_ended:
                 self._scripts.take_ended(p)
-            for priority in PRIORITIES:  # what the plan takes, and lanes it did not know what is left of `count`
-                budget = max(0, count - self._left.get(priority, 0))
-                self._scripts.feed_ingress(priority, plan.get(priority, []), budget, count_left=depths, pipeline=p)
+            self._scripts.feed_ingress(feeds, count_left=depths, pipeline=p)
             for priority in priorities:
                 p.sort(Keys.rq_queue(self._keys.ingress_queue(priority)), start=0, num=count, by="nosort",
                        get=list(ROUTING_GETS))  # fmt: skip
-            for priority in priorities:
-                p.llen(Keys.rq_queue(self._keys.ingress_queue(priority)))
-            for priority in PRIORITIES:
-                p.hgetall(self._keys.lanes(priority))
-            p.hgetall(self._keys.tenants)
-            p.hgetall(self._keys.tenant_flight)
             replies = p.execute()
         if take_ended:
             self._take_ended(replies.pop(0))
-        fed = {priority: Fed.of_reply(replies.pop(0)) for priority in PRIORITIES}
+        reply = FeedReply.of_reply(PRIORITIES, replies.pop(0))
         heads = [_routing_jobs(replies.pop(0)) for _ in priorities]
-        self._ingress_depths = {priority: int(replies.pop(0)) for priority in priorities}
-        depth = sum(self._ingress_depths.values()) + sum(f.lanes_left for f in fed.values()) if depths else 0
-        lanes = {priority: {read_id(b): read_id(t) for b, t in replies.pop(0).items()} for priority in PRIORITIES}
-        self._tenants = parse_tenants(replies.pop(0))
-        self._flight = {read_id(t): int(n) for t, n in replies.pop(0).items()}
-        self._take_fed(plan, fed, lanes)
+        self._ingress_depths = {priority: fed.ingress for priority, fed in reply.fed.items()}
+        self._tenants = parse_tenants(reply.tenants)
+        self._flight = dict(reply.flight)
+        self._take_fed(plan, reply.fed)
+        depth = sum(fed.ingress + fed.lanes_left for fed in reply.fed.values()) if depths else 0
         return heads, depth
 
-    def _take_fed(self, plan: dict[str, list[LaneTake]], fed: dict[str, Fed], lanes: dict[str, dict[str, str]]) -> None:
+    def _take_fed(self, plan: dict[str, list[LaneTake]], fed: Mapping[str, Fed]) -> None:
         """Charge the fair share with what the lanes gave, and keep what is known of each lane."""
         weights = {t: s.weight for t, s in self._tenants.items()}
         for priority in PRIORITIES:
+            lanes = fed[priority].lanes
             depths: dict[str, int] = {}
             charged: dict[str, int] = {}
             of: dict[str, str] = {}
@@ -259,9 +254,9 @@ class Dispatcher:
                 charged[lane.batch_id], of[lane.batch_id] = charged.get(lane.batch_id, 0) + n, lane.tenant
                 if left >= 0:  # -1: it gave all that was asked, so how many are left is not known
                     depths[lane.batch_id] = left
-            self.fair.charge({**lanes[priority], **of}, charged, weights)
-            known = {b: n for b, n in depths.items() if b in lanes[priority]}
-            self._backlog[priority] = Backlog(lanes[priority], known)
+            self.fair.charge({**lanes, **of}, charged, weights)
+            known = {b: n for b, n in depths.items() if b in lanes}
+            self._backlog[priority] = Backlog(lanes, known)
 
     def _waiting_total(self) -> int:
         """Jobs waiting at every priority, in the ingresses and the lanes (two round trips)."""

@@ -15,7 +15,7 @@ from gpufleet.dispatcher.routing.models import NodeState
 from gpufleet.dispatcher.settings import Settings
 from gpufleet.dispatcher.store.keys import PRIORITIES, Keys
 from gpufleet.dispatcher.store.redis_server import RedisServer, SentinelGroup
-from gpufleet.dispatcher.store.scripts import Scripts
+from gpufleet.dispatcher.store.scripts import Feed, Scripts
 
 T = TypeVar("T")
 
@@ -23,9 +23,7 @@ T = TypeVar("T")
 def into_ingress(r: redis.Redis, keys: Keys) -> None:
     """Take every waiting job from its lane into its ingress, as a dispatcher's round would (a
     lane at a time, in the lanes' order): for tests of what comes after."""
-    scripts = Scripts(r, keys)
-    for priority in PRIORITIES:
-        scripts.feed_ingress(priority, [], budget=1 << 30)
+    Scripts(r, keys).feed_ingress([Feed(priority, budget=1 << 30) for priority in PRIORITIES])
 
 
 def node(node_id: str = "a", **fields: object) -> NodeState:

@@ -151,21 +151,48 @@ class LaneTake:
 
 
 @dataclass(frozen=True)
+class Feed:
+    """What feed_ingress takes into one priority's ingress: `takes` in turn, then what they
+    took short of `budget` from its other lanes."""
+
+    priority: str
+    takes: Sequence[LaneTake] = ()
+    budget: int = 0
+
+
+@dataclass(frozen=True)
 class Fed:
-    """What one feed_ingress took: (taken, left in the lane) per planned take, (lane, taken,
-    left) per other lane it took spare jobs from (left: 0 for a lane found empty, -1 when not
-    known), and the jobs left in all the lanes (0 when not counted)."""
+    """What one Feed took: (taken, left in the lane) per take, (lane, taken, left) per other
+    lane it took from (left: 0 for a lane found empty, -1 when not known), the jobs left in
+    all its lanes (0 when not counted), and after it the ingress's length and its lanes
+    (batch id -> tenant)."""
 
     planned: Sequence[tuple[int, int]]
     others: Sequence[tuple[Lane, int, int]]
-    lanes_left: int = 0
+    lanes_left: int
+    ingress: int
+    lanes: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class FeedReply:
+    """A feed_ingress reply: priority -> Fed, the tenants HASH (raw) and their jobs in flight."""
+
+    fed: Mapping[str, Fed]
+    tenants: Mapping[bytes, bytes]
+    flight: Mapping[str, int]
 
     @classmethod
-    def of_reply(cls, reply: Sequence[Any]) -> Fed:
-        planned, others, lanes_left = reply
-        return cls([(int(t), int(n)) for t, n in planned],
-                   [(Lane(read_id(b), read_id(tenant)), int(t), int(n)) for b, tenant, t, n in others],
-                   int(lanes_left))  # fmt: skip
+    def of_reply(cls, priorities: Sequence[str], reply: Sequence[Any]) -> FeedReply:
+        per_priority, tenants, flight = reply
+        fed = {}
+        for priority, (planned, others, lanes_left, ingress, lanes) in zip(priorities, per_priority):
+            fed[priority] = Fed([(int(t), int(n)) for t, n in planned],
+                                [(Lane(read_id(b), read_id(tenant)), int(t), int(n)) for b, tenant, t, n in others],
+                                int(lanes_left), int(ingress),
+                                {read_id(b): read_id(t) for b, t in zip(lanes[::2], lanes[1::2])})  # fmt: skip
+        return cls(fed, dict(zip(tenants[::2], tenants[1::2])),
+                   {read_id(t): int(n) for t, n in zip(flight[::2], flight[1::2])})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -260,25 +287,27 @@ class Scripts:
             args += [as_raw(p.job_id), as_raw(p.member or p.job_id), counter]
         return [int(flag) for flag in self._run["return_to_ingress"](keys=keys, args=args)]
 
-    def feed_ingress(self, priority: str, takes: Sequence[LaneTake], budget: int = 0, *, count_left: bool = False,
-                     pipeline: Pipeline | None = None) -> Fed | None:  # fmt: skip
-        """Take jobs from the head of lanes of `priority` onto the tail of its ingress: `takes`
-        in turn, then what they took short of `budget` from the other lanes (see
-        feed_ingress.lua); with
-        `count_left`, count what is left in all its lanes. With a `pipeline`, queued there as
-        EVAL with the source (as take_ended); its reply goes to Fed.of_reply."""
-        ingress = self._keys.ingress_queue(priority)
-        keys = [Keys.rq_queue(ingress), RQ_QUEUES, self._keys.lanes(priority), self._keys.tenant_flight,
-                self._keys.tenants, *(Keys.rq_queue(self._keys.lane_queue(priority, t.lane.batch_id)) for t in takes)]
-        args: list[str | int] = [ingress, JobField.FLIGHT, Keys.rq_job(""),
-                                 Keys.rq_queue(self._keys.lane_queue(priority, "")), budget,
-                                 "1" if count_left else "0"]  # fmt: skip
-        for t in takes:
-            args += [t.lane.batch_id, t.lane.tenant, t.count]
+    def feed_ingress(self, feeds: Sequence[Feed], *, count_left: bool = False,
+                     pipeline: Pipeline | None = None) -> FeedReply | None:  # fmt: skip
+        """Take jobs from the head of lanes onto the tail of their ingress, for each Feed (see
+        feed_ingress.lua); with `count_left`, count what is left in all the lanes of each. The
+        reply also holds what the next plan needs: each ingress's length and lanes, the tenants'
+        settings and their jobs in flight. With a `pipeline`, queued there as EVAL with the
+        source (as take_ended); its reply goes to FeedReply.of_reply."""
+        keys = [RQ_QUEUES, self._keys.tenant_flight, self._keys.tenants]
+        args: list[str | int] = [JobField.FLIGHT, Keys.rq_job(""), "1" if count_left else "0", len(feeds)]
+        for f in feeds:
+            keys += [Keys.rq_queue(self._keys.ingress_queue(f.priority)), self._keys.lanes(f.priority)]
+            args += [self._keys.ingress_queue(f.priority), Keys.rq_queue(self._keys.lane_queue(f.priority, "")),
+                     f.budget, len(f.takes)]  # fmt: skip
+        for f in feeds:
+            for t in f.takes:
+                keys.append(Keys.rq_queue(self._keys.lane_queue(f.priority, t.lane.batch_id)))
+                args += [t.lane.batch_id, t.lane.tenant, t.count]
         if pipeline is not None:
             pipeline.eval(_SOURCES["feed_ingress"], len(keys), *keys, *args)
             return None
-        return Fed.of_reply(self._run["feed_ingress"](keys=keys, args=args))
+        return FeedReply.of_reply([f.priority for f in feeds], self._run["feed_ingress"](keys=keys, args=args))
 
     def end_jobs(self, endings: Sequence[Ending], *, status: str, counter: str, ttl_s: int,
                  events_max: int) -> list[int]:  # fmt: skip

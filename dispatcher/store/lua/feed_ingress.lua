@@ -1,34 +1,35 @@
--- feed_ingress(keys=[ingress, rq_queues, lanes, flight, tenants, lane_1 .. lane_k],
---              args=[ingress_name, flight_field, job_key_prefix, lane_key_prefix, budget, count_left,
---                    batch_1, tenant_1, n_1, ...])
--- Take jobs from the head of lanes (a batch's LIST of waiting jobs of one priority,
--- keys.lane_queue) onto the tail of the ingress, in one step: up to n_i from each planned lane
--- in turn (the dispatcher's fair-share plan), then what the planned lanes took short of
--- `budget`, spread evenly over the other lanes in the lanes HASH (lanes the plan did not know
--- yet: a batch submitted since the dispatcher's last read starts at once). A tenant never gets more in flight than its
--- max_running (keys.tenants, read here, so the quota holds whatever the dispatcher last read).
+-- feed_ingress(keys=[rq_queues, flight, tenants, ingress_1, lanes_1, ingress_2, lanes_2, ...,
+--                    then the planned lanes of every priority, in order],
+--              args=[flight_field, job_key_prefix, count_left, n_priorities,
+--                    then per priority: ingress_name, lane_key_prefix, budget, n_planned,
+--                    then per planned lane: batch, tenant, n])
+-- The dispatcher's step from the lanes (a batch's LIST of waiting jobs of one priority,
+-- keys.lane_queue) to the ingress of their priority, for every priority in one step, and what
+-- its next fair-share plan needs. Per priority, jobs go from the head of lanes onto the tail
+-- of its ingress: up to n_i from each planned lane in turn (the dispatcher's plan), then what
+-- the planned lanes took short of `budget`, spread evenly over the other lanes in its lanes
+-- HASH (lanes the plan did not know yet: a batch submitted since the dispatcher's last read
+-- starts at once; a planned lane found empty gives its share to the others). A tenant never
+-- gets more in flight than its max_running (keys.tenants, read here, so the quota holds
+-- whatever the dispatcher last read).
 -- Each job taken gets the ingress as its `origin` and enters its tenant's count of jobs in
 -- flight (_flight); a lane found empty (it gave less than was asked) leaves the lanes HASH (a
--- submit pushes its jobs before it registers the lane, so a lane with jobs is never left out). An id whose HASH is gone
--- leaves its lane and goes nowhere (no stray HASH is made).
--- Returns {{taken, left in the lane} per planned lane, {batch, tenant, taken, left} per other
--- lane, the jobs left in all the lanes (counted only when count_left is "1", else 0)}; `left`
--- is 0 for a lane found empty, -1 (not known) for one that gave all that was asked. A planned
--- lane found empty gives its share of `budget` to the other lanes, so a plan made before a
--- lane ran dry costs the round nothing.
-local ingress, rq_queues, lanes, flight, tenants = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local ingress_name, flight_field, job_prefix, lane_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local spare, count_left = tonumber(ARGV[5]), ARGV[6] == "1"  -- spare: the budget, less what planned lanes take
-local settings, room_of = nil, {}  -- tenant -> how many more it may take in (false: no quota)
+-- submit pushes its jobs before it registers the lane, so a lane with jobs is never left
+-- out). An id whose HASH is gone leaves its lane and goes nowhere (no stray HASH is made).
+-- Returns {per priority {{taken, left} per planned lane, {batch, tenant, taken, left} per
+-- other lane, jobs left in all its lanes (counted only when count_left is "1", else 0), its
+-- ingress's length, its lanes HASH}, the tenants HASH, the flight HASH}; `left` is 0 for a
+-- lane found empty, -1 (not known) for one that gave all that was asked.
+local rq_queues, flight, tenants = KEYS[1], KEYS[2], KEYS[3]
+local flight_field, job_prefix, count_left = ARGV[1], ARGV[2], ARGV[3] == "1"
+local n_priorities = tonumber(ARGV[4])
+local settings_flat = redis.call("HGETALL", tenants)
+local settings, room_of = {}, {}  -- room_of: tenant -> how many more it may take in (false: no quota)
+for i = 1, #settings_flat, 2 do
+    settings[settings_flat[i]] = settings_flat[i + 1]
+end
 local function room(tenant)
     if room_of[tenant] == nil then
-        if settings == nil then  -- every tenant's settings in one read, the first time one is needed
-            settings = {}
-            local all = redis.call("HGETALL", tenants)
-            for i = 1, #all, 2 do
-                settings[all[i]] = all[i + 1]
-            end
-        end
         room_of[tenant] = false
         local raw = settings[tenant]
         if raw then
@@ -40,8 +41,7 @@ local function room(tenant)
     end
     return room_of[tenant]
 end
-local fed = {}  -- every id taken, in order: one RPUSH at the end
-local function take(lane, batch, tenant, n)
+local function take(fed, lanes, ingress_name, lane, batch, tenant, n)
     local r = room(tenant)
     if r then
         n = math.min(n, r)
@@ -77,42 +77,53 @@ local function take(lane, batch, tenant, n)
     end
     return taken, left
 end
-local planned, others, is_planned = {}, {}, {}
-for i = 1, #KEYS - 5 do
-    local batch, tenant, n = ARGV[3 * i + 4], ARGV[3 * i + 5], tonumber(ARGV[3 * i + 6])
-    is_planned[batch] = true
-    local taken, left = take(KEYS[5 + i], batch, tenant, n)
-    planned[i] = {taken, left}
-    spare = spare - taken
-end
-if spare > 0 then
-    local all, rest = redis.call("HGETALL", lanes), {}
-    for i = 1, #all, 2 do
-        if not is_planned[all[i]] then
-            rest[#rest + 1] = {all[i], all[i + 1]}
-        end
-    end
-    local each = math.ceil(spare / math.max(1, #rest))
-    for _, lane in ipairs(rest) do
-        if spare <= 0 then
-            break
-        end
-        local taken, left = take(lane_prefix .. lane[1], lane[1], lane[2], math.min(each, spare))
+local reply = {}
+local at_arg, at_key = 5 + 4 * n_priorities, 4 + 2 * n_priorities
+for p = 1, n_priorities do
+    local ingress, lanes = KEYS[2 + 2 * p], KEYS[3 + 2 * p]
+    local ingress_name, lane_prefix = ARGV[1 + 4 * p], ARGV[2 + 4 * p]
+    local spare, n_planned = tonumber(ARGV[3 + 4 * p]), tonumber(ARGV[4 + 4 * p])
+    local fed, planned, others, is_planned = {}, {}, {}, {}
+    for i = 1, n_planned do
+        local batch, tenant, n = ARGV[at_arg], ARGV[at_arg + 1], tonumber(ARGV[at_arg + 2])
+        is_planned[batch] = true
+        local taken, left = take(fed, lanes, ingress_name, KEYS[at_key], batch, tenant, n)
+        planned[i] = {taken, left}
         spare = spare - taken
-        others[#others + 1] = {lane[1], lane[2], taken, left}
+        at_arg, at_key = at_arg + 3, at_key + 1
     end
-end
-for first = 1, #fed, 1000 do  -- unpack() is bounded by Lua's C stack
-    redis.call("RPUSH", ingress, unpack(fed, first, math.min(first + 999, #fed)))
-end
-if #fed > 0 then
-    redis.call("SADD", rq_queues, ingress)
-end
-local waiting = 0
-if count_left then
-    local all = redis.call("HGETALL", lanes)
-    for i = 1, #all, 2 do
-        waiting = waiting + redis.call("LLEN", lane_prefix .. all[i])
+    if spare > 0 then
+        local all, rest = redis.call("HGETALL", lanes), {}
+        for i = 1, #all, 2 do
+            if not is_planned[all[i]] then
+                rest[#rest + 1] = {all[i], all[i + 1]}
+            end
+        end
+        local each = math.ceil(spare / math.max(1, #rest))
+        for _, lane in ipairs(rest) do
+            if spare <= 0 then
+                break
+            end
+            local taken, left = take(fed, lanes, ingress_name, lane_prefix .. lane[1], lane[1], lane[2],
+                math.min(each, spare))
+            spare = spare - taken
+            others[#others + 1] = {lane[1], lane[2], taken, left}
+        end
     end
+    local length = redis.call("LLEN", ingress)
+    for first = 1, #fed, 1000 do  -- unpack() is bounded by Lua's C stack
+        length = redis.call("RPUSH", ingress, unpack(fed, first, math.min(first + 999, #fed)))
+    end
+    if #fed > 0 then
+        redis.call("SADD", rq_queues, ingress)
+    end
+    local lanes_now = redis.call("HGETALL", lanes)
+    local waiting = 0
+    if count_left then
+        for i = 1, #lanes_now, 2 do
+            waiting = waiting + redis.call("LLEN", lane_prefix .. lanes_now[i])
+        end
+    end
+    reply[p] = {planned, others, waiting, length, lanes_now}
 end
-return {planned, others, waiting}
+return {reply, settings_flat, redis.call("HGETALL", flight)}
