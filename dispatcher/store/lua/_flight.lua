@@ -12,10 +12,8 @@ end
 -- leave_flight(flight, job, flight_field): take the job out of its tenant's count, if counted.
 local function leave_flight(flight, job, flight_field)
     local tenant = redis.call("HGET", job, flight_field)
-    if tenant then
+    if tenant then  -- a tenant's count stays in the HASH at 0 (one field per tenant that ever ran)
         redis.call("HDEL", job, flight_field)
-        if redis.call("HINCRBY", flight, tenant, -1) <= 0 then
-            redis.call("HDEL", flight, tenant)
-        end
+        redis.call("HINCRBY", flight, tenant, -1)
     end
 end

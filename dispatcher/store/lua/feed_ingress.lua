@@ -7,9 +7,10 @@
 -- keys.lane_queue) to the ingress of their priority, for every priority in one step, and what
 -- its next fair-share plan needs. Per priority, jobs go from the head of lanes onto the tail
 -- of its ingress: up to n_i from each planned lane in turn (the dispatcher's plan), then what
--- the planned lanes took short of `budget`, spread evenly over the other lanes in its lanes
--- HASH (lanes the plan did not know yet: a batch submitted since the dispatcher's last read
--- starts at once; a planned lane found empty gives its share to the others). A tenant never
+-- the planned lanes took short of `budget`, spread evenly over every lane in its lanes HASH
+-- (lanes the plan did not know yet, so a batch submitted since the dispatcher's last read
+-- starts at once; a planned lane found empty gives its share to the others; the fleet's
+-- room is used whatever the plan foresaw). A tenant never
 -- gets more in flight than its max_running (keys.tenants, read here, so the quota holds
 -- whatever the dispatcher last read).
 -- Each job taken gets the ingress as its `origin` and enters its tenant's count of jobs in
@@ -17,7 +18,7 @@
 -- submit pushes its jobs before it registers the lane, so a lane with jobs is never left
 -- out). An id whose HASH is gone leaves its lane and goes nowhere (no stray HASH is made).
 -- Returns {per priority {{taken, left} per planned lane, {batch, tenant, taken, left} per
--- other lane, jobs left in all its lanes (counted only when count_left is "1", else 0), its
+-- lane that took a share of the rest, jobs left in all its lanes (counted only when count_left is "1", else 0), its
 -- ingress's length, its lanes HASH}, the tenants HASH, the flight HASH}; `left` is 0 for a
 -- lane found empty, -1 (not known) for one that gave all that was asked.
 local rq_queues, flight, tenants = KEYS[1], KEYS[2], KEYS[3]
@@ -83,21 +84,19 @@ for p = 1, n_priorities do
     local ingress, lanes = KEYS[2 + 2 * p], KEYS[3 + 2 * p]
     local ingress_name, lane_prefix = ARGV[1 + 4 * p], ARGV[2 + 4 * p]
     local spare, n_planned = tonumber(ARGV[3 + 4 * p]), tonumber(ARGV[4 + 4 * p])
-    local fed, planned, others, is_planned = {}, {}, {}, {}
+    local fed, planned, others = {}, {}, {}
     for i = 1, n_planned do
         local batch, tenant, n = ARGV[at_arg], ARGV[at_arg + 1], tonumber(ARGV[at_arg + 2])
-        is_planned[batch] = true
         local taken, left = take(fed, lanes, ingress_name, KEYS[at_key], batch, tenant, n)
         planned[i] = {taken, left}
         spare = spare - taken
         at_arg, at_key = at_arg + 3, at_key + 1
     end
-    if spare > 0 then
+    local lanes_now = nil  -- the lanes HASH after this feed, when the spare share read it
+    if spare > 0 then  -- every lane still holding jobs, the planned ones too, shares what is left
         local all, rest = redis.call("HGETALL", lanes), {}
         for i = 1, #all, 2 do
-            if not is_planned[all[i]] then
-                rest[#rest + 1] = {all[i], all[i + 1]}
-            end
+            rest[#rest + 1] = {all[i], all[i + 1]}
         end
         local each = math.ceil(spare / math.max(1, #rest))
         for _, lane in ipairs(rest) do
@@ -109,6 +108,19 @@ for p = 1, n_priorities do
             spare = spare - taken
             others[#others + 1] = {lane[1], lane[2], taken, left}
         end
+        local found_empty = {}
+        for _, o in ipairs(others) do
+            if o[4] == 0 then
+                found_empty[o[1]] = true
+            end
+        end
+        lanes_now = {}
+        for _, lane in ipairs(rest) do
+            if not found_empty[lane[1]] then
+                lanes_now[#lanes_now + 1] = lane[1]
+                lanes_now[#lanes_now + 1] = lane[2]
+            end
+        end
     end
     local length = redis.call("LLEN", ingress)
     for first = 1, #fed, 1000 do  -- unpack() is bounded by Lua's C stack
@@ -117,7 +129,7 @@ for p = 1, n_priorities do
     if #fed > 0 then
         redis.call("SADD", rq_queues, ingress)
     end
-    local lanes_now = redis.call("HGETALL", lanes)
+    lanes_now = lanes_now or redis.call("HGETALL", lanes)
     local waiting = 0
     if count_left then
         for i = 1, #lanes_now, 2 do
