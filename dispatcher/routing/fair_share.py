@@ -39,29 +39,33 @@ class FairShare:
         """Up to `n` jobs to take: batch id -> how many. `weights`: tenant -> weight (missing:
         1); `room`: tenant -> how many more it may have in flight (missing: no quota).
         Tenants and batches without work are forgotten first (they start afresh when they
-        have work again). The jobs are shared by levelling (see `level`): what one job at a
-        time to the least virtual time would give, up to a job per tenant and batch."""
+        have work again). The jobs are shared by levelling (see `serve` and `level`): what one
+        job at a time to the least virtual time would give, up to a job per tenant and batch,
+        except that a round of many tenants serves those furthest behind, in runs of jobs."""
         self._keep(backlog.lanes)
         batches: dict[str, list[str]] = {}
         for batch, tenant in backlog.lanes.items():
             if backlog.depths.get(batch, 1) > 0:
                 batches.setdefault(tenant, []).append(batch)
         start = _start(self.tenant_time)
-        tenant_time = {t: self.tenant_time.get(t, start) for t in batches}
+        for t in batches:  # a tenant with work starts level with those that had it, and keeps its place
+            self.tenant_time.setdefault(t, start)
+        tenant_time = {t: self.tenant_time[t] for t in batches}
         depth = {t: sum(backlog.depths[b] for b in bs) if all(b in backlog.depths for b in bs) else None
                  for t, bs in batches.items()}  # fmt: skip
         caps = {t: _least_cap(room.get(t), depth[t]) for t in batches}
-        per_tenant = level(tenant_time, {t: _weight(weights, t) for t in batches}, caps, n)
+        per_tenant = serve(tenant_time, {t: _weight(weights, t) for t in batches}, caps, n)
         taken: dict[str, int] = {}
         for tenant, count in per_tenant.items():
             of_tenant = batches[tenant]
             if len(of_tenant) == 1:  # its one batch takes its share (the tenant's cap was its depth)
                 taken[of_tenant[0]] = count
                 continue
-            known = [self.batch_time[b] for b in of_tenant if b in self.batch_time]
-            least = min(known, default=0.0)
-            times = {b: self.batch_time.get(b, least) for b in of_tenant}
-            taken.update(level(times, dict.fromkeys(of_tenant, 1.0), {b: backlog.depths.get(b) for b in of_tenant},
+            least = min((self.batch_time[b] for b in of_tenant if b in self.batch_time), default=0.0)
+            for b in of_tenant:
+                self.batch_time.setdefault(b, least)
+            times = {b: self.batch_time[b] for b in of_tenant}
+            taken.update(serve(times, dict.fromkeys(of_tenant, 1.0), {b: backlog.depths.get(b) for b in of_tenant},
                                count))  # fmt: skip
         return {b: k for b, k in taken.items() if k > 0}
 
@@ -87,6 +91,27 @@ class FairShare:
         tenants = set(lanes.values())
         self.tenant_time = {t: v for t, v in self.tenant_time.items() if t in tenants}
         self.batch_time = {b: v for b, v in self.batch_time.items() if b in lanes}
+
+
+MIN_SERVED = 8  # a round serves at least this many tenants (or batches of one tenant) with work...
+MIN_TAKE = 16  # ...and more only while each gets this many jobs: fewer lanes touched per round
+
+
+def serve(times: Mapping[str, float], weights: Mapping[str, float], caps: Mapping[str, int | None],
+          n: int) -> dict[str, int]:  # fmt: skip
+    """`level`, over the keys of least virtual time only: max(MIN_SERVED, n / MIN_TAKE) of
+    them, then the next ones while jobs are left (their caps reached). A key left out comes
+    first in a later round, its virtual time kept, so the shares hold over rounds, each key
+    getting its jobs in runs of about MIN_TAKE."""
+    order = sorted((k for k in times if caps.get(k) is None or (caps[k] or 0) > 0), key=lambda k: (times[k], k))
+    per_turn = max(MIN_SERVED, n // MIN_TAKE)
+    given: dict[str, int] = {}
+    while n > 0 and order:
+        turn, order = order[:per_turn], order[per_turn:]
+        got = level({k: times[k] for k in turn}, weights, caps, n)
+        given.update(got)
+        n -= sum(got.values())
+    return given
 
 
 def level(times: Mapping[str, float], weights: Mapping[str, float], caps: Mapping[str, int | None],
