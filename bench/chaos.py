@@ -89,7 +89,13 @@ SCENARIOS = {s.name: s for s in (
     Scenario("kill-worker-same-id", faults.kill_worker_same_id,
              env=(("GPUFLEET_HEARTBEAT_INTERVAL_S", "0.5"), ("GPUFLEET_HEARTBEAT_TTL_S", "3.0"))),
     Scenario("kill-dispatcher", faults.kill_dispatcher, dispatchers=2),
-    Scenario("kill-slot", faults.kill_slot, nodes=(("s0", 3), ("w1", 1))),
+    # A TTL of 3 s too: each killed slot is replaced by a fresh interpreter whose imports take a
+    # core for most of a second, and on a 2-core CI machine running the whole fleet that once
+    # starved the node's heartbeat thread past a 1 s TTL (node s0 declared lost 0.7 s after the
+    # second kill; ok 3 runs of 3 on a quiet machine). What is checked is that the node process
+    # outlives its slots and loses no job, not how fast a starved machine beats.
+    Scenario("kill-slot", faults.kill_slot, nodes=(("s0", 3), ("w1", 1)),
+             env=(("GPUFLEET_HEARTBEAT_INTERVAL_S", "0.5"), ("GPUFLEET_HEARTBEAT_TTL_S", "3.0"))),
     Scenario("redis-restart-term", lambda t: faults.redis_restart(t, "TERM")),
     Scenario("redis-restart-kill", lambda t: faults.redis_restart(t, "KILL")),
     Scenario("sigstop-worker", faults.sigstop_worker),
