@@ -24,6 +24,7 @@ from .state import EXIT_USAGE, CliState
 from .status import status
 from .tenant import tenant
 from .top import top
+from .web import web
 
 # Commands that start their own Redis unless one is named on the command line: GPUFLEET_REDIS_URL
 # names the user's fleet, which a demo must not join (its nodes would stay there, dead).
@@ -101,5 +102,5 @@ def main() -> None:
 
 
 for command in (submit, results, status, dispatcher, worker, drain, undrain, cancel, requeue, forget, demo, local,
-                simulate, top, tenant, events):  # fmt: skip
+                simulate, top, tenant, events, web):  # fmt: skip
     cli.add_command(command)

@@ -299,7 +299,9 @@ def batch_eta_s(progress: BatchProgress, created_at: float, now: float) -> float
     return (progress.size - ended) / rate if rate > 0 else None
 
 
-def _progress_of(raw: dict[bytes, bytes]) -> BatchProgress:
+def progress_of(raw: dict[bytes, bytes]) -> BatchProgress:
+    """A batch's counters from its HASH (HGETALL keys.batch_info)."""
+
     def count(name: str) -> int:
         return int(float(raw.get(name.encode(), 0)))
 
@@ -316,7 +318,7 @@ def batches_in_flight(r: Redis, keys: Keys, limit: int = RECENT_BATCHES) -> list
         for batch_id, _ in newest:
             p.hgetall(keys.batch_info(batch_id))
         infos = p.execute()
-    rows = [BatchRow(b, at, _progress_of(raw)) for (b, at), raw in zip(newest, infos) if raw]
+    rows = [BatchRow(b, at, progress_of(raw)) for (b, at), raw in zip(newest, infos) if raw]
     return [row for row in rows if not row.progress.done]
 
 
@@ -348,7 +350,7 @@ def read_batch_status(r: Redis, keys: Keys, batch_id: str) -> BatchStatus:
     raw = r.hgetall(keys.batch_info(batch_id))
     if not raw:
         raise NotFound(f"no batch {batch_id!r} (submit prints the id; `gpufleet top` lists those in flight)")
-    row = BatchRow(batch_id, float(raw.get(b"created_at", 0) or 0), _progress_of(raw))  # type: ignore[arg-type]
+    row = BatchRow(batch_id, float(raw.get(b"created_at", 0) or 0), progress_of(raw))  # type: ignore[arg-type]
     seen: dict[str, int] = {}
     list_key = keys.batch_jobs(batch_id)
     start = 0
