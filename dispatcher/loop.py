@@ -28,6 +28,7 @@ from .fleet.health import Health
 from .fleet.lease import Lease
 from .fleet.snapshot import NodeReader
 from .fleet.tenants import TenantSettings, parse_tenants, read_waiting_counts
+from .observe.history import History
 from .observe.metrics import DispatcherMetrics, set_desired_nodes
 from .routing.fair_share import Backlog, FairShare
 from .routing.models import JobSpec, NodeState
@@ -84,6 +85,7 @@ class Dispatcher:
         self.moved_total = 0
         self.metrics = metrics  # Prometheus: fed after each refresh and each round that moved jobs
         self.autoscaler = autoscaler  # desired node count, stepped after a refresh (at most once a second)
+        self.history = History(settings.history_bucket_s)  # the dashboard's charts, a bucket at a time
         self.fair = FairShare()  # which tenant's (and batch's) jobs are taken into the ingress next
         self._plan: dict[str, list[LaneTake]] = {}  # priority -> what the next round takes from its lanes
         self._backlog: dict[str, Backlog] = {}  # priority -> its lanes as last read
@@ -94,10 +96,13 @@ class Dispatcher:
 
     def refresh(self) -> list[NodeState]:
         """Re-read every node (two round trips), then let dead and draining nodes give their
-        jobs back and due retries return to the ingress."""
+        jobs back and due retries return to the ingress; count what the nodes ended for the
+        history, written once per bucket."""
         self._nodes = self._reader.read()
         self._snapshot_at = self._clock()
         self.health.check(self._nodes)
+        self.history.observe(self._nodes)
+        self.history.write(self._r, self._keys, time.time())
         if self.autoscaler and (desired := self.autoscaler.step(self._nodes)) is not None:
             set_desired_nodes(desired)
         if self.metrics:

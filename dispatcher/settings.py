@@ -50,6 +50,7 @@ class Settings:
     scale_up_cooldown_s: float = 15.0  # autoscaler: since the last change, before going up
     scale_down_cooldown_s: float = 300.0  # autoscaler: since the last change, before going down
     scale_cmd: str = ""  # autoscaler: 'CMD {n}' run (no shell) when the desired count changes
+    history_bucket_s: float = 10.0  # the web dashboard's charts: one bucket per this many seconds (4 hours kept)
     forget_dead_after_s: float = FORGET_DEAD_AFTER_S  # hide a node dead this long since its last beat; 0: never
     events_max: int = 100_000  # event stream entries kept (about: XADD MAXLEN ~), oldest dropped first
     stop_grace_s: float = 10.0  # a job asked to stop (cancel --running) still running this long: its slot restarts
@@ -63,7 +64,7 @@ class Settings:
                 "heartbeat_ttl_s must exceed heartbeat_interval_s (> 0), or a live node looks dead "
                 f"(got interval={self.heartbeat_interval_s}, ttl={self.heartbeat_ttl_s})"
             )
-        for name in ("snapshot_interval_s",):
+        for name in ("snapshot_interval_s", "history_bucket_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0")
         for name in ("dispatch_batch", "submit_chunk", "events_max"):

@@ -139,6 +139,10 @@ class Keys:
         return f"{self.namespace}:notifications"
 
     @property
+    def history(self) -> str:  # HASH slot -> one bucket of the fleet's recent history (observe/history.py)
+        return f"{self.namespace}:history"
+
+    @property
     def desired_nodes(self) -> str:  # STRING: node count the autoscaler wants (dispatcher/autoscale.py)
         return f"{self.namespace}:autoscale:desired"
 

@@ -35,7 +35,7 @@ def fleet(redis_server: RedisServer) -> Iterator[tuple[redis.Redis, Settings, st
     """Two sim nodes and a finished batch of 60 jobs: 3 failed, one with a long input."""
     r = redis.Redis.from_url(redis_server.url)
     r.flushdb()
-    f = LocalFleet(redis_server.url, namespace=NS, env=FAST_ENV)
+    f = LocalFleet(redis_server.url, namespace=NS, env={**FAST_ENV, "GPUFLEET_HISTORY_BUCKET_S": "0.5"})
     try:
         f.start_dispatcher()
         for node_id in ("g0", "g1"):
@@ -68,6 +68,21 @@ def test_the_fleet_api_has_every_node_with_its_gpu_figures_and_the_tenants(
     assert any(t["tenant"] == "team-w" for t in data["tenants"]) or data["tenants"] == []
     page = client.get("/")
     assert page.status_code == 200 and b'data-page="fleet"' in page.data and b"/api/fleet" in page.data
+
+
+def test_the_history_counts_the_batch_and_outlives_the_web_process(fleet: tuple[redis.Redis, Settings, str]) -> None:
+    """The dispatcher writes a bucket every 0.5 s here; the batch's 60 jobs (3 failed) are in
+    them, and a new app (a web restart) reads the same history: it is kept in Redis."""
+    r, settings, _ = fleet
+
+    def buckets() -> list[dict[str, float]]:
+        return list(create_app(r, settings).test_client().get("/api/history").get_json()["buckets"])
+
+    got = wait_until(lambda: (b := buckets()) and sum(x["ended"] for x in b) >= 60 and b, 20, "the history")
+    assert sum(x["failed"] for x in got) >= 3 and all(x["jobs_per_s"] == x["ended"] / 0.5 for x in got)
+    assert [x["t"] for x in got] == sorted(x["t"] for x in got)
+    again = buckets()
+    assert again[: len(got)] == got
 
 
 def test_one_fleet_read_per_refresh_whoever_watches(fleet: tuple[redis.Redis, Settings, str]) -> None:

@@ -68,7 +68,7 @@ def site(redis_server: RedisServer) -> Iterator[tuple[redis.Redis, str, str, Set
     _require_browser()
     r = redis.Redis.from_url(redis_server.url)
     r.flushdb()
-    fleet = LocalFleet(redis_server.url, namespace=NS, env=FAST_ENV)
+    fleet = LocalFleet(redis_server.url, namespace=NS, env={**FAST_ENV, "GPUFLEET_HISTORY_BUCKET_S": "0.5"})
     port = free_port()
     web = None
     try:
@@ -173,6 +173,11 @@ def test_the_fleet_page_shows_nodes_gpu_bars_and_updates_live(
     assert len(css(browser, "tr.node .bar .fill")) >= 4  # a utilization and a memory bar per node
     count = int(browser.find_element("id", "updated").get_attribute("data-count"))
     wait_for(browser, "a refresh", lambda d: int(d.find_element("id", "updated").get_attribute("data-count")) > count)
+    def charted(d: Any) -> bool:
+        lines = css(d, "#chart-rate polyline")
+        return bool(lines) and len(lines[0].get_attribute("points").split()) >= 2
+
+    wait_for(browser, "the jobs/s chart", charted)
     check_screenshot(browser, tmp_path / "fleet.png")
     if out := os.environ.get("GPUFLEET_SCREENSHOT_DIR"):
         shutil.copy(tmp_path / "fleet.png", Path(out) / "web-fleet.png")

@@ -2,15 +2,17 @@
 themselves by short polling) and the JSON API they use.
 
 Pages: `/` the fleet, `/batches`, `/batches/<id>` (its jobs, filtered and paginated), `/jobs/<id>`.
-API (GET, JSON): `/api/fleet`, `/api/batches?page=N`, `/api/batches/<id>?status=S&q=TEXT&page=N`,
-`/api/jobs/<id>?full=1`. Actions (POST, JSON): `/api/nodes/<id>/drain`, `/api/nodes/<id>/undrain`,
-`/api/batches/<id>/cancel`, `/api/batches/<id>/requeue`, only with a token (see auth.py).
-The fleet's snapshot is read at most once per refresh interval, whoever is watching (Shared).
+API (GET, JSON): `/api/fleet`, `/api/history` (observe/history.py), `/api/batches?page=N`,
+`/api/batches/<id>?status=S&q=TEXT&page=N`, `/api/jobs/<id>?full=1`. Actions (POST, JSON):
+`/api/nodes/<id>/drain`, `/api/nodes/<id>/undrain`, `/api/batches/<id>/cancel`,
+`/api/batches/<id>/requeue`, only with a token (see auth.py). The fleet's snapshot and its
+history are read at most once per refresh interval, whoever is watching (Shared).
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from flask import Flask, abort, jsonify, redirect, render_template, request, session, url_for
@@ -21,6 +23,7 @@ from ...errors import GpufleetError, NotFound
 from ...fleet import control
 from ...settings import Settings
 from ...store.keys import Keys
+from ..history import read_history
 from . import auth
 from .data import STATUSES, JobQuery, Shared, batch_list, batch_page, fleet_view, job_view
 
@@ -32,6 +35,7 @@ def create_app(r: Redis, settings: Settings, *, token: str | None = None, refres
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
     keys = Keys(settings.namespace)
     fleet = Shared(lambda: fleet_view(r, settings), ttl_s=refresh_s)
+    history = Shared(lambda: read_history(r, keys, time.time()), ttl_s=refresh_s)
     app.extensions["gpufleet_fleet"] = fleet
 
     @app.context_processor
@@ -88,6 +92,10 @@ def create_app(r: Redis, settings: Settings, *, token: str | None = None, refres
     @app.get("/api/fleet")
     def api_fleet() -> ResponseReturnValue:
         return jsonify(fleet.get())
+
+    @app.get("/api/history")
+    def api_history() -> ResponseReturnValue:
+        return jsonify(buckets=history.get())
 
     @app.get("/api/batches")
     def api_batches() -> ResponseReturnValue:

@@ -89,6 +89,39 @@ function renderFleet(d) {
     el("td", {}, t.max_running ?? "-"), el("td", {}, t.max_queued ?? "-"))));
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function chart(id, points, format) {
+  // one line over the buckets: x by time, y from 0 to the largest value
+  const svg = document.getElementById(id);
+  if (!svg) return;
+  const top = Math.max(...points.map((p) => p[1]), 1e-9);
+  const t0 = points.length ? points[0][0] : 0, t1 = points.length ? points[points.length - 1][0] : 1;
+  const xy = points.map(([t, v]) => `${(300 * (t - t0)) / Math.max(t1 - t0, 1)},${78 - (76 * v) / top}`);
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", xy.join(" "));
+  line.setAttribute("class", "line");
+  const label = document.createElementNS(SVG, "text");
+  label.setAttribute("x", "2");
+  label.setAttribute("y", "10");
+  label.setAttribute("class", "axis");
+  label.textContent = `max ${format(top)}`;
+  svg.replaceChildren(line, label);
+}
+
+async function renderHistory() {
+  const section = document.getElementById("history");
+  if (!section) return;
+  const reply = await fetch(section.dataset.api, {credentials: "same-origin"});
+  if (!reply.ok) return;
+  const buckets = (await reply.json()).buckets;
+  chart("chart-rate", buckets.map((b) => [b.t, b.jobs_per_s]), (v) => v.toFixed(1));
+  chart("chart-waiting", buckets.map((b) => [b.t, b.waiting]), (v) => v.toFixed(0));
+  chart("chart-failed", buckets.map((b) => [b.t, b.failed_share]), (v) => `${(100 * v).toFixed(1)}%`);
+  const span = buckets.length ? `${new Date(buckets[0].t * 1000).toLocaleTimeString()} to ${new Date(buckets[buckets.length - 1].t * 1000).toLocaleTimeString()}` : "no history yet";
+  document.getElementById("history-span").textContent = `${buckets.length} buckets, ${span}`;
+}
+
 function progress(b) {
   return bar(b.size ? b.ended / b.size : 1, `${b.size ? ((100 * b.ended) / b.size).toFixed(0) : 100}%`);
 }
@@ -198,6 +231,7 @@ async function tick() {
     const data = await reply.json();
     if (!reply.ok) throw new Error(data.error || `HTTP ${reply.status}`);
     render(data);
+    if (page === "fleet") await renderHistory();
     const stamp = document.getElementById("updated");
     stamp.textContent = `updated ${new Date().toLocaleTimeString()}`;
     stamp.dataset.count = String(Number(stamp.dataset.count || 0) + 1);
