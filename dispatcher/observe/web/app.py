@@ -124,19 +124,14 @@ def create_app(r: Redis, settings: Settings, *, token: str | None = None, refres
         except GpufleetError as e:
             return jsonify(error=str(e)), 409
 
-    @app.post("/api/nodes/<node_id>/drain")
-    def api_drain(node_id: str) -> ResponseReturnValue:
-        def do() -> dict[str, Any]:
-            control.drain(r, keys, node_id)
-            return {"node": node_id, "draining": True}
+    @app.post("/api/nodes/<node_id>/<verb>")
+    def api_node(node_id: str, verb: str) -> ResponseReturnValue:
+        if verb not in ("drain", "undrain"):
+            abort(404)
 
-        return act(do)
-
-    @app.post("/api/nodes/<node_id>/undrain")
-    def api_undrain(node_id: str) -> ResponseReturnValue:
         def do() -> dict[str, Any]:
-            control.undrain(r, keys, node_id)
-            return {"node": node_id, "draining": False}
+            (control.drain if verb == "drain" else control.undrain)(r, keys, node_id)
+            return {"node": node_id, "draining": verb == "drain"}
 
         return act(do)
 
