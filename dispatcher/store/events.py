@@ -137,11 +137,18 @@ class EventReader:
         self._r, self._key, self._batch = r, keys.events, batch
         self._kinds = frozenset(kind.encode() for kind in kinds)
         self.after = after
-        self.read = 0  # entries the last `new` read, left out or not
+        self.read = 0  # entries the last `new` or `kept` read, left out or not
 
-    def kept(self) -> Iterator[Event]:
-        """Every entry after the cursor that the stream holds now, READ_COUNT per round trip."""
-        while entries := self._r.xrange(self._key, f"({self.after}", "+", count=READ_COUNT):
+    def kept(self, limit: int | None = None) -> Iterator[Event]:
+        """Every entry after the cursor that the stream holds now, READ_COUNT per round trip;
+        with `limit`, only as far as that many entries read (`read` counts them)."""
+        self.read = 0
+        while limit is None or self.read < limit:
+            count = READ_COUNT if limit is None else min(READ_COUNT, limit - self.read)
+            entries = self._r.xrange(self._key, f"({self.after}", "+", count=count)
+            if not entries:
+                return
+            self.read += len(entries)
             yield from self._take(entries)  # type: ignore[arg-type]  # redis-py types replies loosely
 
     def new(self, block_ms: int) -> list[Event]:

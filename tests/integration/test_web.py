@@ -121,7 +121,11 @@ def test_a_job_shows_its_input_result_or_traceback(fleet: tuple[redis.Redis, Set
     ok = client.get(f"/api/jobs/{job_id_of(r, batch, 0)}").get_json()
     assert ok["status"] == "finished" and ok["result"]["input"]["i"] == 0 and ok["node"] in ("g0", "g1")
     assert (ok["batch"], ok["tenant"], ok["attempts"], ok["traceback"]) == (batch, "team-w", 1, "")
+    events = [(e["event"], e["node"]) for e in ok["events"]]
+    assert events == [("job_started", ok["node"]), ("job_finished", ok["node"])]
+    assert ok["events_complete"]
     failed = client.get(f"/api/jobs/{job_id_of(r, batch, 5)}").get_json()
+    assert [e["event"] for e in failed["events"]][:2] == ["job_started", "job_failed"]
     assert failed["status"] == "failed" and "Traceback" in failed["traceback"]
     assert "RuntimeError: synthetic failure" in failed["traceback"]
     long_one = job_id_of(r, batch, 9)

@@ -209,6 +209,8 @@ def test_a_job_page_shows_its_result(
     browser.get(f"{base}/jobs/{job_id}")
     wait_for(browser, "the result", lambda d: '"i": 0' in d.find_element("id", "outcome").text)
     assert "finished" in browser.find_element("id", "job").text
+    attempts = wait_for(browser, "the attempts", lambda d: len(css(d, "tr.event")) == 2 and css(d, "tr.event"))
+    assert [row.text.split()[1] for row in attempts] == ["job_started", "job_finished"]
     check_screenshot(browser, tmp_path / "job.png")
     failed_id = r.lindex(KEYS.batch_jobs(batch), 3).decode()  # type: ignore[union-attr]
     browser.get(f"{base}/jobs/{failed_id}")

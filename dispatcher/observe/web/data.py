@@ -22,6 +22,7 @@ from rq.utils import as_text
 from ...client.results import READ_CHUNK, batch_eta_s, progress_of, result_record
 from ...errors import NotFound
 from ...settings import Settings
+from ...store.events import EventKind, EventReader
 from ...store.job import SERIALIZER, job_class
 from ...store.keys import JobField, Keys
 from ..status import read_status
@@ -29,6 +30,9 @@ from ..status import read_status
 PAGE_SIZE = 50  # jobs or batches per page
 SCAN_LIMIT = 20_000  # jobs a filtered or searched page looks through per request
 INPUT_PREVIEW = 2_000  # characters of a job's input shown before "show all"
+EVENTS_SCAN_LIMIT = 20_000  # events a job page looks through, from its enqueue on, for its attempts
+JOB_EVENTS = (EventKind.JOB_STARTED, EventKind.JOB_RETRIED, EventKind.JOB_FINISHED, EventKind.JOB_FAILED,
+              EventKind.JOB_CANCELED, EventKind.JOB_REQUEUED)  # fmt: skip
 STATUSES = ("queued", "started", "scheduled", "finished", "failed", "canceled")
 
 T = TypeVar("T")
@@ -179,7 +183,21 @@ def job_view(r: Redis, keys: Keys, job_id: str, *, full_input: bool = False) -> 
     record["traceback"] = _traceback(r, job_id, latest)
     if record.get("error") and not record["traceback"]:
         record["traceback"] = record["error"]
+    record["events"], record["events_complete"] = _job_events(r, keys, job_id, record["batch"], job.enqueued_at)
     return record
+
+
+def _job_events(r: Redis, keys: Keys, job_id: str, batch: str | None, enqueued_at: Any) -> tuple[list[Any], bool]:
+    """The job's attempts as the event stream has them (each start with its node, each retry,
+    the end), from its enqueue on, looking through at most EVENTS_SCAN_LIMIT of its batch's
+    events; and whether that covers them all (the scan reached the stream's end, and the stream
+    still holds the job's enqueue time)."""
+    since_ms = int(enqueued_at.timestamp() * 1000) if enqueued_at else 0
+    reader = EventReader(r, keys, batch=batch, kinds=JOB_EVENTS, after=f"{max(0, since_ms - 1)}-0")
+    events = [e.record() for e in reader.kept(limit=EVENTS_SCAN_LIMIT) if e.fields.get("job") == job_id]
+    oldest: list[Any] = r.xrange(keys.events, "-", "+", count=1)  # type: ignore[assignment]
+    kept_since = not oldest or int(as_text(oldest[0][0]).split("-")[0]) <= since_ms
+    return events, reader.read < EVENTS_SCAN_LIMIT and kept_since
 
 
 def _input_text(job: Any) -> str:

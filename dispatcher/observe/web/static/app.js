@@ -188,6 +188,11 @@ function renderJob(d) {
     const value = k === "batch" && v ? el("a", {href: `/batches/${encodeURIComponent(v)}`}, v) : (v ?? "-");
     return [el("dt", {}, k), el("dd", {class: k === "status" ? `status ${v}` : ""}, value)];
   }));
+  fill(document.querySelector("#events tbody"), (d.events || []).map((e) => el("tr", {class: "event"},
+    el("td", {}, e.time), el("td", {class: `status ${e.event.replace("job_", "")}`}, e.event), el("td", {}, e.node || "-"),
+    el("td", {}, e.attempt ?? "-"), el("td", {class: e.error ? "error" : ""}, e.error || ""))));
+  document.getElementById("events-note").textContent = d.events_complete ? ""
+    : "Older events have left the event stream (GPUFLEET_EVENTS_MAX), or there were too many to look through: the list may be incomplete.";
   document.getElementById("input").textContent = d.input + (d.input_truncated ? "\n…" : "");
   const full = document.getElementById("fullinput");
   full.hidden = !d.input_truncated;
