@@ -111,8 +111,9 @@ class Dispatcher:
 
     def dispatch_once(self) -> Round:
         """One routing round over every priority, high first: the runs that ended since the
-        last one and the heads of the three ingresses in one round trip, then one move script
-        call per priority that has jobs."""
+        last one, the feed of each ingress from its lanes (the last round's fair-share plan)
+        and the heads of the three ingresses in one round trip, then one move script call per
+        priority that has jobs, and the plan for the next round."""
         began = time.perf_counter()
         fresh = self._clock() - self._snapshot_at >= self._settings.snapshot_interval_s
         if fresh:
