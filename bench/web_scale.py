@@ -11,7 +11,12 @@ search by the client id of a job past the first chunk, and one job. Memory: the 
 resident set (VmRSS) and its peak (VmHWM) from /proc after all requests, and redis-server's
 used_memory.
 
+With `--browser`, headless Chromium (Selenium, Debian's chromium and chromium-driver) also
+opens the fleet page: the time from navigation to every node's row drawn, and how long the
+page's script takes to draw one refresh (its fleet renderer timed in the page, 5 refreshes).
+
     python bench/web_scale.py                       # 1,000 nodes, 1,000,000 jobs, 5 reps
+    python bench/web_scale.py --browser             # and the fleet page drawn in headless Chromium
     python bench/web_scale.py --smoke               # 100 nodes, 20,000 jobs, 2 reps
 """
 
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="100 nodes, 20,000 jobs, 2 reps.")
+    ap.add_argument("--browser", action="store_true", help="Also time the fleet page in headless Chromium.")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -84,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                                 "--port", str(port), "--refresh", "0.2"], stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             rows, memory = time_requests(r, keys, batch, args, f"http://127.0.0.1:{port}", web.pid)
+            drawn = time_browser(f"http://127.0.0.1:{port}", args.nodes) if args.browser else None
         finally:
             web.terminate()
             web.wait(10)
         result = {"nodes": args.nodes, "jobs": args.jobs, "reps": args.reps, "submit_s": round(submit_s, 1),
-                  "load_1m": os.getloadavg()[0], "requests": rows, "web_memory_mib": memory,
+                  "load_1m": os.getloadavg()[0], "requests": rows, "web_memory_mib": memory, "browser": drawn,
                   "redis_used_memory_mib": round(int(r.info("memory")["used_memory"]) / 2**20, 1)}  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -98,6 +105,50 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['VmRSS']} MiB resident after every request, {m['VmHWM']} MiB at its peak; redis-server "
               f"{result['redis_used_memory_mib']} MiB")  # fmt: skip
     return 0
+
+
+# Wraps the page's fleet renderer (app.js: the `renderers` table) to time each call in the page.
+TIME_RENDERS = """
+const draw = renderers.fleet;
+window.gpufleetRenders = [];
+renderers.fleet = (d) => { const t = performance.now(); draw(d); window.gpufleetRenders.push(performance.now() - t); };
+"""
+
+
+def time_browser(base: str, nodes: int) -> dict[str, float]:
+    """The fleet page in headless Chromium: ms from navigation to all `nodes` rows drawn, and
+    the median ms the page's script takes to draw one refresh."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=options)
+    try:
+        driver.get(base + "/")
+        deadline = time.monotonic() + 60
+        while driver.execute_script("return document.querySelectorAll('tr.node').length") < nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fleet page did not draw every node within 60 s")
+            time.sleep(0.05)
+        first_ms = float(driver.execute_script("return performance.now()"))
+        driver.execute_script(TIME_RENDERS)
+        while len(driver.execute_script("return window.gpufleetRenders")) < 5:
+            if time.monotonic() > deadline + 60:
+                raise RuntimeError("the fleet page did not refresh 5 times")
+            time.sleep(0.1)
+        renders = [float(x) for x in driver.execute_script("return window.gpufleetRenders")]
+    finally:
+        driver.quit()
+    result = {"first_draw_ms": round(first_ms, 1), "render_median_ms": round(statistics.median(renders), 1),
+              "render_max_ms": round(max(renders), 1)}  # fmt: skip
+    print(f"fleet page in Chromium: {nodes} rows drawn {result['first_draw_ms']} ms after navigation; a refresh "
+          f"draws in {result['render_median_ms']} ms (max {result['render_max_ms']})", file=sys.stderr, flush=True)
+    return result
 
 
 def time_requests(r: Redis, keys: Keys, batch: str, args: argparse.Namespace, base: str,
