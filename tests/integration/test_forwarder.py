@@ -62,7 +62,7 @@ def test_a_forwarder_keeps_many_requests_in_flight_and_records_each_response(
     """Given 40 requests and a forwarder of concurrency 8, every job finishes with the server's
     answer as its result, and the server saw 8 requests at once: one process, many in flight."""
     r = redis.Redis.from_url(fleet.redis_url)
-    server.answer_s = 0.2
+    server.answer_s = 1.0  # long enough that all 8 are started before the first answer, on a busy machine too
     forwarder(fleet, r, "fw1", server.url, "--concurrency", "8")
     records = finish(r, submit(fleet, r, requests(40)))
     assert [rec["status"] for rec in records] == ["finished"] * 40
