@@ -157,18 +157,17 @@ class Dispatcher:
             if room is not None:
                 room -= len(moves)  # each placement took one free slot of a bounded node
         self._left = left
-        self._plan_feed(left)
         room = self.router.free_room(self._nodes)
+        self._plan_feed(left, room)
         planned = bool(self._plan) and room != 0  # with no room left the plan waits for the next round with some
         drained = not waiting and all(len(jobs) < count for jobs in heads) and not planned
         return self._finish(began, fresh, started, moved_to, Round(moved, waiting, drained=drained))
 
-    def _plan_feed(self, left: dict[str, int]) -> None:
+    def _plan_feed(self, left: dict[str, int], room: int | None) -> None:
         """What the next round takes from the lanes into each ingress, by fair share: enough that
         the ingress holds the fleet's free room plus one job per slot (what the slots free
         before the next round), counting what is still there; within each tenant's room under
-        its max_running (jobs in flight count against it)."""
-        room = self.router.free_room(self._nodes)
+        its max_running (jobs in flight count against it). `room`: the fleet's free room now."""
         slots = sum(n.capacity for n in self._nodes if n.accepting)
         batch = self._settings.dispatch_batch
         target = batch if room is None else min(batch, room + slots)
